@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny tokenizer, processor and model are built once per test session.
+
+The real Llama/Vicuna SentencePiece vocabulary lives outside the repository (`../shared/fixtures`, or the folder named
+by `SQLLAVA_FIXTURES`); tests that need it skip with the reason when it is absent. CI always has it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = Path(os.environ.get("SQLLAVA_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+LLAMA_GGUF = "llama-spm-vocab.gguf"
+
+# Two CPU cores are shared by everything on CI: one intra-op thread per test process avoids oversubscription.
+torch.set_num_threads(1)
+
+
+def llama_vocab_available() -> bool:
+    return (FIXTURES_DIR / LLAMA_GGUF).is_file()
+
+
+requires_llama_vocab = pytest.mark.skipif(
+    not llama_vocab_available(),
+    reason=f"Llama SentencePiece vocabulary {FIXTURES_DIR / LLAMA_GGUF} not found; set SQLLAVA_FIXTURES to its folder",
+)
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    """The real Llama-2/Vicuna tokenizer (32,000 tokens), loaded offline from the GGUF vocabulary fixture."""
+    if not llama_vocab_available():
+        pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(FIXTURES_DIR), gguf_file=LLAMA_GGUF)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from recipes.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_tokenizer):
+    from recipes.tiny import build_tiny_processor
+
+    return build_tiny_processor(tiny_tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    """A fresh tiny model per test (tests mutate weights: LoRA, training steps)."""
+    from recipes.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer)
