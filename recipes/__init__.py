@@ -1,0 +1,1 @@
+"""Training recipes for SQ-LLaVA: data loading, synthetic data, trainer and entry points."""

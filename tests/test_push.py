@@ -1,0 +1,321 @@
+"""`hub_upload.push` against the local fake Hub (tests/hub_server.py): push, re-push, branches, PRs, dry run, and a
+`from_pretrained` download into an empty cache in a fresh process whose logits match the pushed model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+from hub_upload.push import main as push_main
+from hub_upload.push import plan_upload, push_folder
+from tests.hub_server import FakeHub, fake_hub  # noqa: F401 - pytest fixture
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "tester/tiny-llama"
+INPUT_IDS = [[1, 5, 17, 42, 99, 3, 64, 7]]
+
+
+def _local_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture()
+def llama_folder(tmp_path):
+    """A tiny LlamaForCausalLM saved with save_pretrained (safetensors -> LFS), plus small extra files."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config).eval()
+    folder = tmp_path / "export"
+    model.save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\nlicense: apache-2.0\n---\n# tiny\n")
+    (folder / "extra").mkdir()
+    (folder / "extra" / "notes.json").write_text(json.dumps({"purpose": "push round trip"}))
+    # Never uploaded: bytecode caches.
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    with torch.no_grad():
+        logits = model(torch.tensor(INPUT_IDS)).logits
+    return folder, logits
+
+
+def _load_in_fresh_process(
+    hub: FakeHub, tmp_path: Path, script: str, python: str = sys.executable, inputs: dict | None = None
+) -> torch.Tensor:
+    """Run `script` in a new interpreter pointed at the fake Hub with an empty HF_HOME, outside the repository;
+    the script saves its logits to `out.pt` (path in argv[1]); `inputs` are saved beside it as `inputs.pt`."""
+    hf_home = tmp_path / "empty_hf_home"
+    hf_home.mkdir()
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    if inputs is not None:
+        torch.save(inputs, workdir / "inputs.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "PYTHONPATH", "TRANSFORMERS"))}
+    env.update(hub.client_env(str(hf_home)))
+    out = workdir / "out.pt"
+    proc = subprocess.run(
+        [python, "-c", textwrap.dedent(script), str(out)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    # The files came from the server, into the empty cache.
+    snapshots = list((hf_home / "hub").glob("models--*/snapshots/*"))
+    assert snapshots, f"nothing downloaded into {hf_home}"
+    return torch.load(out)
+
+
+def test_push_round_trip_from_pretrained_in_empty_cache(fake_hub, llama_folder, tmp_path):  # noqa: F811
+    """Push creates the repo and one commit holding exactly the folder; a fresh process downloads it into an empty
+    cache with `from_pretrained(repo_id)` and gets the original logits."""
+    folder, logits = llama_folder
+    url = push_folder(folder, REPO_ID, commit_message="first push")
+
+    head = fake_hub.repo(REPO_ID).branches["main"]
+    assert url.endswith(f"/{REPO_ID}/commit/{head}")
+    assert fake_hub.num_commits(REPO_ID) == 2  # the repo's initial commit + ours
+    expected = {k: v for k, v in _local_files(folder).items() if not k.startswith("__pycache__")}
+    remote = fake_hub.files(REPO_ID)
+    assert remote.pop(".gitattributes")
+    assert remote == expected
+    # Weights went through Git-LFS (batch + upload + verify), small files inline.
+    assert fake_hub.repo(REPO_ID).commits[head].files["model.safetensors"].is_lfs
+    assert not fake_hub.repo(REPO_ID).commits[head].files["config.json"].is_lfs
+
+    script = f"""
+        import sys, torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("{REPO_ID}").eval()
+        with torch.no_grad():
+            torch.save(model(torch.tensor({INPUT_IDS!r})).logits, sys.argv[1])
+    """
+    loaded = _load_in_fresh_process(fake_hub, tmp_path, script)
+    torch.testing.assert_close(loaded, logits, rtol=1e-5, atol=1e-6)
+    downloads = [path for method, path, status in fake_hub.requests if method == "GET" and status == 200]
+    assert any(path.endswith("/config.json") for path in downloads)
+    assert any(path.startswith("/__lfs__/objects/") for path in downloads)  # the weights, through the redirect
+    assert fake_hub.unknown_routes == []
+
+
+def test_second_push_is_a_no_op(fake_hub, llama_folder):  # noqa: F811
+    """Re-pushing an unchanged folder makes no commit and returns the head commit; a changed file makes one commit
+    with only that file."""
+    folder, _ = llama_folder
+    first = push_folder(folder, REPO_ID)
+    commits = fake_hub.num_commits(REPO_ID)
+    assert push_folder(folder, REPO_ID) == first
+    assert fake_hub.num_commits(REPO_ID) == commits
+
+    (folder / "extra" / "notes.json").write_text("{}")
+    third = push_folder(folder, REPO_ID)
+    assert third != first and fake_hub.num_commits(REPO_ID) == commits + 1
+    assert fake_hub.files(REPO_ID)["extra/notes.json"] == b"{}"
+
+
+def test_create_repo_is_idempotent_and_private(fake_hub, llama_folder):  # noqa: F811
+    folder, _ = llama_folder
+    push_folder(folder, REPO_ID, private=True)
+    push_folder(folder, REPO_ID, private=True)  # exists already: no error
+    assert len(fake_hub.repos) == 1 and fake_hub.repo(REPO_ID).private
+    HfApi(endpoint=fake_hub.endpoint).create_repo(REPO_ID, exist_ok=True)
+    with pytest.raises(HfHubHTTPError):
+        HfApi(endpoint=fake_hub.endpoint).create_repo(REPO_ID, exist_ok=False)
+    # Private: invisible without the token, visible with it.
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=fake_hub.endpoint, token=False).model_info(REPO_ID)
+    info = HfApi(endpoint=fake_hub.endpoint).model_info(REPO_ID)
+    assert info.private and "model.safetensors" in {s.rfilename for s in info.siblings}
+
+
+def test_push_to_branch_and_pull_request(fake_hub, llama_folder):  # noqa: F811
+    """`revision` creates the branch from main and leaves main alone; `create_pr` opens a PR ref."""
+    folder, _ = llama_folder
+    push_folder(folder, REPO_ID)
+    main_head = fake_hub.repo(REPO_ID).branches["main"]
+
+    (folder / "extra" / "notes.json").write_text('{"branch": "dev"}')
+    url = push_folder(folder, REPO_ID, revision="dev", commit_message="dev push")
+    repo = fake_hub.repo(REPO_ID)
+    assert repo.branches["main"] == main_head
+    assert url.endswith(repo.branches["dev"]) and repo.commits[repo.branches["dev"]].parent == main_head
+    assert fake_hub.files(REPO_ID, "dev")["extra/notes.json"] == b'{"branch": "dev"}'
+    assert push_folder(folder, REPO_ID, revision="dev") == url  # idempotent on the branch too
+
+    pr_url = push_folder(folder, REPO_ID, create_pr=True)
+    assert pr_url.endswith("/discussions/1") and "refs/pr/1" in repo.branches
+    assert repo.branches["main"] == main_head
+    assert HfApi(endpoint=fake_hub.endpoint).list_repo_files(REPO_ID, revision="dev")
+
+
+def test_dry_run_makes_no_request(fake_hub, llama_folder, capsys, monkeypatch):  # noqa: F811
+    """A dry run prints paths and sizes and sends nothing (it also needs no token)."""
+    folder, _ = llama_folder
+    monkeypatch.delenv("HF_TOKEN")
+    before = len(fake_hub.requests)
+    planned = push_folder(folder, REPO_ID, dry_run=True, private=True, revision="dev")
+    assert len(fake_hub.requests) == before and not fake_hub.repos
+    paths = [item.path_in_repo for item in planned]
+    assert paths == sorted(paths) and "model.safetensors" in paths and "extra/notes.json" in paths
+    assert not any("__pycache__" in path for path in paths)
+    out = capsys.readouterr().out
+    assert f"{REPO_ID}@dev" in out and "model.safetensors" in out and f"total ({len(planned)} files)" in out
+    assert {item.size for item in planned if item.path_in_repo == "config.json"} == {
+        (folder / "config.json").stat().st_size
+    }
+
+
+def test_cli_dry_run(fake_hub, llama_folder, capsys):  # noqa: F811
+    folder, _ = llama_folder
+    push_main([str(folder), REPO_ID, "--private", "--revision", "dev", "--dry-run"])
+    assert "model.safetensors" in capsys.readouterr().out
+    assert not fake_hub.requests
+
+
+def test_cli_push(fake_hub, llama_folder, capsys):  # noqa: F811
+    folder, _ = llama_folder
+    push_main([str(folder), REPO_ID, "--commit-message", "from the CLI"])
+    head = fake_hub.repo(REPO_ID).branches["main"]
+    assert fake_hub.repo(REPO_ID).commits[head].title == "from the CLI"
+    assert head in capsys.readouterr().out
+
+
+def test_pickle_files_are_refused_unless_allowed(fake_hub, llama_folder):  # noqa: F811
+    folder, _ = llama_folder
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickle files \['training_args.bin'\].*allow_pickle=True"):
+        push_folder(folder, REPO_ID)
+    assert not fake_hub.requests
+    assert "training_args.bin" in [p.path_in_repo for p in plan_upload(folder, allow_pickle=True)]
+
+
+def test_delete_missing_removes_stale_files(fake_hub, llama_folder):  # noqa: F811
+    folder, _ = llama_folder
+    push_folder(folder, REPO_ID)
+    (folder / "extra" / "notes.json").unlink()
+    push_folder(folder, REPO_ID)
+    assert "extra/notes.json" in fake_hub.files(REPO_ID)  # plain push never deletes
+    push_folder(folder, REPO_ID, delete_missing=True)
+    remote = fake_hub.files(REPO_ID)
+    assert "extra/notes.json" not in remote and ".gitattributes" in remote and "model.safetensors" in remote
+
+
+def test_token_errors(fake_hub, llama_folder, monkeypatch):  # noqa: F811
+    folder, _ = llama_folder
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ValueError, match="No Hugging Face token found"):
+        push_folder(folder, REPO_ID)
+    with pytest.raises(HfHubHTTPError) as excinfo:
+        push_folder(folder, REPO_ID, token="hf_wrong")
+    assert excinfo.value.response.status_code == 401
+    assert push_folder(folder, REPO_ID, token=fake_hub.token)  # explicit token works without HF_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"repo_id": "no-namespace"}, "repo_id='no-namespace'"), ({"revision": ""}, "revision=''")],
+)
+def test_invalid_arguments(tmp_path, kwargs, match):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=match):
+        push_folder(tmp_path, **{"repo_id": REPO_ID, "dry_run": True, **kwargs})
+    with pytest.raises(ValueError, match="is not a directory"):
+        push_folder(tmp_path / "missing", REPO_ID, dry_run=True)
+
+
+def test_fake_hub_reports_unknown_routes(fake_hub):  # noqa: F811
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(f"{fake_hub.endpoint}/api/not-a-route", timeout=10)
+    assert excinfo.value.code == 404
+    assert "route not implemented: GET /api/not-a-route" in excinfo.value.read().decode()
+    assert fake_hub.unknown_routes == ["GET /api/not-a-route"]
+
+
+def _sqllava_available() -> bool:
+    try:
+        from modeling_sqllava import SQLlavaForConditionalGeneration  # noqa: F401
+        from recipes.tiny import tiny_model_config  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+SQLLAVA_SCRIPT = """
+    import sys, torch
+    import transformers
+    from transformers import {auto_class}
+    model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+    assert type(model).__name__ == "SQLlavaForConditionalGeneration", type(model)
+    # The class must come from the downloaded remote code, not from an importable local package.
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    inputs = torch.load(sys.argv[1].replace("out.pt", "inputs.pt"))
+    with torch.no_grad():
+        torch.save(model(**inputs).logits, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _sqllava_available(), reason="modeling_sqllava / recipes.tiny not importable yet")
+def test_sqllava_round_trip_with_remote_code(fake_hub, tmp_path):  # noqa: F811
+    """A tiny SQLlavaForConditionalGeneration saved with save_pretrained ships its code; after the push a fresh
+    process loads it from the fake Hub with AutoModelForImageTextToText + trust_remote_code and matches logits
+    (and with AutoModelForVision2Seq under transformers 4.57 when that venv exists)."""
+    from modeling_sqllava import SQLlavaForConditionalGeneration
+    from recipes.tiny import tiny_model_config
+
+    config = tiny_model_config(vocab_size=128)
+    torch.manual_seed(0)
+    model = SQLlavaForConditionalGeneration(config).eval()
+    folder = tmp_path / "sqllava-export"
+    model.save_pretrained(folder)
+    assert {"configuration_sqllava.py", "modeling_sqllava.py"} <= {p.name for p in folder.glob("*.py")}
+    assert "AutoModelForImageTextToText" in json.loads((folder / "config.json").read_text())["auto_map"]
+
+    num_image_tokens = config.image_seq_length
+    input_ids = torch.tensor([[1, 5] + [config.image_token_id] * num_image_tokens + [17, 42, 9]])
+    size = config.vision_config.image_size
+    inputs = {
+        "input_ids": input_ids,
+        "pixel_values": torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),
+    }
+    with torch.no_grad():
+        expected = model(**inputs).logits
+
+    repo_id = "tester/tiny-sqllava"
+    push_folder(folder, repo_id)
+    assert {"configuration_sqllava.py", "modeling_sqllava.py"} <= set(fake_hub.files(repo_id))
+
+    runs = [("new", sys.executable, "AutoModelForImageTextToText")]
+    venv457 = REPO_ROOT / ".venv457" / "bin" / "python"
+    if venv457.exists():
+        runs.append(("v457", str(venv457), "AutoModelForVision2Seq"))
+    for name, python, auto_class in runs:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        script = SQLLAVA_SCRIPT.format(auto_class=auto_class, repo_id=repo_id)
+        loaded = _load_in_fresh_process(fake_hub, run_dir, script, python=python, inputs=inputs)
+        torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"[{name}] {m}")
+    assert fake_hub.unknown_routes == []
