@@ -1,0 +1,246 @@
+"""recipes/self_question.py: describe, ask with the vuser generation prompt, answer; dataset generation; CLI.
+
+A random tiny model produces gibberish, so these tests check the structure, the prompts and sampling settings handed
+to `generate`, seeding, the cleaning/deduplication of questions (with scripted generations), and that the generated
+datasets load with the repository's loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"max_new_tokens": 6, "describe_max_new_tokens": 6, "answer_max_new_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    from recipes.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from recipes.synthetic import generate_shapes_dataset
+
+    paths = generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=0, num_eval=2, seed=0)
+    return paths["images"]  # eval_000000.png, eval_000001.png
+
+
+class GenerateSpy:
+    """Records the inputs of each `generate` call; optionally replaces the sampled continuations with scripted text."""
+
+    def __init__(self, generate, tokenizer, scripted: list[list[str]] | None = None):
+        self.generate, self.tokenizer = generate, tokenizer
+        self.scripted = list(scripted) if scripted is not None else None
+        self.calls: list[dict] = []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.scripted is None or not kwargs.get("do_sample"):
+            return self.generate(**kwargs)
+        texts = self.scripted.pop(0)
+        assert len(texts) == len(kwargs["input_ids"]), "scripted one continuation per prompt"
+        tok = self.tokenizer
+        rows = [tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for text in texts]
+        width = max(len(r) for r in rows)
+        new = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        return torch.cat([kwargs["input_ids"], new], dim=1)
+
+
+def image_path(folder, i: int = 0) -> str:
+    return os.path.join(folder, f"eval_{i:06d}.png")
+
+
+def test_describe_then_ask_with_vuser_prompt_then_answer(model, tiny_processor, image_folder, monkeypatch):
+    """Three generate calls: greedy description (ASSISTANT:), sampled questions (VUSER:, paper settings), answers."""
+    from processing import LLAVA_SYSTEM_PROMPT, SQ_SYSTEM_PROMPT
+    from recipes.self_question import SelfQuestioningResult, self_question
+
+    spy = GenerateSpy(model.generate, tiny_processor.tokenizer)
+    monkeypatch.setattr(model, "generate", spy)
+    prompts: list[list[str]] = []
+    processor_call = type(tiny_processor).__call__
+
+    def record_prompts(self, *args, **kwargs):
+        prompts.append(list(kwargs["text"]))
+        return processor_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_processor), "__call__", record_prompts)
+    result = self_question(
+        model, tiny_processor, image_path(image_folder), num_questions=3, answer=True, seed=0, **SMALL
+    )
+
+    assert isinstance(result, SelfQuestioningResult)
+    assert len(result.questions) == 3 and result.num_empty == 0 and result.num_duplicate == 0
+    for qa in result.questions:
+        assert set(qa) == {"question", "answer"}
+        assert isinstance(qa["question"], str) and qa["question"] and isinstance(qa["answer"], str)
+    assert result.image == image_path(image_folder)
+
+    describe, ask, answer = spy.calls
+    assert describe["do_sample"] is False and describe["max_new_tokens"] == 6 and len(describe["input_ids"]) == 1
+    assert (ask["do_sample"], ask["temperature"], ask["top_k"], ask["top_p"]) == (True, 1.2, 300, 0.95)
+    assert ask["max_new_tokens"] == 6 and len(ask["input_ids"]) == 3
+    assert answer["do_sample"] is False and answer["max_new_tokens"] == 4 and len(answer["input_ids"]) == 3
+    decode = tiny_processor.tokenizer.decode
+    for ids in ask["input_ids"]:
+        assert decode(ids, skip_special_tokens=True).rstrip().endswith("VUSER:")
+    for call in (describe, answer):
+        for ids in call["input_ids"]:
+            assert decode(ids, skip_special_tokens=True).rstrip().endswith("ASSISTANT:")
+
+    # The exact texts: LLaVA system prompt to describe; SQ system prompt and the description to ask and answer.
+    context = f"USER: <image>\nDescribe the image briefly. ASSISTANT: {result.description}</s>"
+    assert prompts[0] == [f"{LLAVA_SYSTEM_PROMPT} USER: <image>\nDescribe the image briefly. ASSISTANT:"]
+    assert prompts[1] == [f"{SQ_SYSTEM_PROMPT} {context}VUSER:"] * 3
+    assert prompts[2] == [
+        f"{SQ_SYSTEM_PROMPT} {context}VUSER: {qa['question']}</s> ASSISTANT:" for qa in result.questions
+    ]
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model, tiny_processor, image_folder):
+    from recipes.self_question import self_question
+
+    state = torch.get_rng_state()
+    first = self_question(model, tiny_processor, image_path(image_folder), num_questions=2, seed=3, **SMALL)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = self_question(model, tiny_processor, image_path(image_folder), num_questions=2, seed=3, **SMALL)
+    other = self_question(model, tiny_processor, image_path(image_folder), num_questions=2, seed=4, **SMALL)
+    assert first == again
+    assert first.description == other.description  # the description is greedy
+    assert first.questions != other.questions
+    assert all(qa["answer"] is None for qa in first.questions)
+
+
+def test_questions_are_cleaned_and_empty_or_duplicate_ones_dropped_and_counted(
+    model, tiny_processor, image_folder, monkeypatch
+):
+    """Role tags and what follows a next role tag are cut; empty and repeated questions are redrawn and counted."""
+    from recipes.self_question import self_question
+
+    scripted = [
+        ["VUSER: Is it red?", "is it  RED?", ""],  # kept, duplicate (case/spacing), empty
+        ["Where is the square? ASSISTANT: top", "Is it red?"],  # kept (cut at the tag), duplicate
+        ["How many?"],
+    ]
+    original = model.generate
+    spy = GenerateSpy(original, tiny_processor.tokenizer, scripted)
+    monkeypatch.setattr(model, "generate", spy)
+    result = self_question(
+        model, tiny_processor, image_path(image_folder), num_questions=3, description="A cube.", **SMALL
+    )
+    assert [qa["question"] for qa in result.questions] == ["Is it red?", "Where is the square?", "How many?"]
+    assert (result.num_empty, result.num_duplicate) == (1, 2)
+    assert [len(c["input_ids"]) for c in spy.calls] == [3, 2, 1]  # description given: no describe call
+
+    # Rounds run out: fewer questions are returned rather than looping forever.
+    spy = GenerateSpy(original, tiny_processor.tokenizer, [["Same?", "same?"], ["SAME?"]])
+    monkeypatch.setattr(model, "generate", spy)
+    result = self_question(
+        model, tiny_processor, image_path(image_folder), num_questions=2, description="A cube.", max_rounds=2, **SMALL
+    )
+    assert [qa["question"] for qa in result.questions] == ["Same?"] and result.num_duplicate == 2
+
+
+def test_arguments_are_validated(model, tiny_processor, image_folder):
+    from recipes.self_question import self_question
+
+    with pytest.raises(ValueError, match="num_questions=0"):
+        self_question(model, tiny_processor, image_path(image_folder), num_questions=0)
+    with pytest.raises(ValueError, match="top_p=1.5"):
+        self_question(model, tiny_processor, image_path(image_folder), top_p=1.5)
+    with pytest.raises(ValueError, match="not found"):
+        self_question(model, tiny_processor, image_path(image_folder, 99))
+
+
+def test_generate_dataset_writes_loadable_llava_json_and_hf_dataset(
+    model, tiny_processor, image_folder, tmp_path, monkeypatch
+):
+    import datasets
+
+    from recipes.data import load_hf_dataset, load_llava_json
+    from recipes.self_question import generate_dataset
+
+    pushed = []
+    monkeypatch.setattr(
+        datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self)))
+    )
+    stats = generate_dataset(
+        model,
+        tiny_processor,
+        image_folder,
+        output_json=tmp_path / "sq.json",
+        output_dataset=tmp_path / "sq-ds",
+        push_to_hub="user/sq-shapes",
+        num_questions=2,
+        answer=True,
+        seed=0,
+        progress=False,
+        **SMALL,
+    )
+    assert stats["num_images"] == 2 and stats["num_records"] == 2 and stats["num_questions"] == 4
+    assert pushed == [("user/sq-shapes", 2)]
+
+    raw = json.loads((tmp_path / "sq.json").read_text())
+    assert [r["image"] for r in raw] == ["eval_000000.png", "eval_000001.png"]
+    llava = load_llava_json(tmp_path / "sq.json", image_folder, strict=True)
+    assert len(llava) == 2
+    for record, sample in zip(raw, llava):
+        assert sample["images"] == [os.path.join(image_folder, record["image"])]
+        roles = [m["role"] for m in sample["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) == 2 + 2 * 2
+        assert sample["messages"][0]["content"] == "<image>\nDescribe the image briefly."
+
+    on_disk = datasets.load_from_disk(str(tmp_path / "sq-ds"))
+    assert on_disk.column_names == ["id", "images", "messages", "questions"] and len(on_disk) == 2
+    row = on_disk[1]
+    assert row["id"] == "eval_000001" and row["images"][0].size == (56, 56)
+    assert [m["content"] for m in row["messages"]] == [m["content"] for m in llava[1]["messages"]]
+    assert row["questions"] == [m["content"] for m in row["messages"][2::2]]
+    # The collator's loader reads it too (images embedded, not pointing at local files).
+    canonical = load_hf_dataset(tmp_path / "sq-ds", strict=True)
+    assert len(canonical) == 2 and canonical[0]["images"][0].size == (56, 56)
+
+
+def test_cli_writes_a_llava_json_dataset(tiny_tokenizer, tiny_processor, model, image_folder, tmp_path):
+    """`python recipes/self_question.py ... --output data.json` from another folder, on a saved model."""
+    from recipes.data import load_llava_json
+
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tiny_processor.save_pretrained(model_dir)
+    output = tmp_path / "data.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / "self_question.py"),
+        "--model",
+        str(model_dir),
+        "--images",
+        image_folder,
+        "--num-questions",
+        "2",
+        "--answer",
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+        "--seed",
+        "1",
+    ]
+    process = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    stats = json.loads(process.stdout[process.stdout.index("{") :])
+    assert stats["num_records"] == 2 and stats["num_questions"] == 4
+    assert len(load_llava_json(output, image_folder, strict=True)) == 2
