@@ -1,0 +1,837 @@
+"""Processor for SQ-LLaVA: LLaVA-1.5 "pad" image preprocessing, the Vicuna-v1 chat template with the
+self-questioning `vuser` role, and tokenization identical to the original LLaVA `tokenizer_image_token`.
+
+This file is shipped to the Hub next to the model files and loaded with `trust_remote_code=True`: it imports only
+the standard library, numpy, PIL, torch and transformers, never `modeling_sqllava`.
+
+Tokenizer fidelity (what the released weights were trained on)
+----------------------------------------------------------------
+LLaVA/SQ-LLaVA built input ids with `tokenizer_image_token`: split the rendered prompt at `<image>`, tokenize every
+chunk on its own with the SLOW Llama SentencePiece tokenizer of transformers 4.31 (`legacy=True`), drop the BOS of
+every chunk after the first and put the image positions in between. That slow tokenizer splits each chunk at the
+special tokens (`</s>` ...) without stripping spaces around them and runs `sp_model.encode` on every text segment,
+and SentencePiece's `add_dummy_prefix` gives EVERY segment a leading `▁`. Checked against `sentencepiece` itself on
+the Llama-2 vocabulary (tests/test_processing.py), with SYS standing for the system prompt:
+
+- `"A cat.</s>VUSER: Is it black?</s> ASSISTANT: Yes.</s>"` ->
+  `▁A ▁cat . </s> ▁V USER : ▁Is ▁it ▁black ? </s> ▁ ▁A SS IST ANT : ▁Yes . </s>`
+  = `[319, 6635, 29889, 2, 478, 11889, 29901, 1317, 372, 4628, 29973, 2, 29871, 319, 1799, 9047, 13566, 29901,
+  3869, 29889, 2]`: `▁V` (478) after `</s>`, and `" ASSISTANT"` after `</s>` is `▁` (29871) + `▁A` (319).
+- a chunk ending in a space ends with the lone `▁` token 29871 (`"SYS USER: "` -> `... ▁US ER : ▁`), and the
+  chunk after `<image>` starts with it too (`"\\nWhat"` -> `▁ <0x0A> What`).
+
+Today's fast tokenizers do NOT reproduce this: transformers 5.x (Metaspace `prepend_scheme="first"`) gives `V`
+(29963) after `</s>` and drops the 29871 before `▁A`; only transformers 4.x `legacy=True` fast tokenizers match.
+So the processor never relies on the tokenizer's own pre-tokenization: it tokenizes with a private copy of the
+tokenizer's BPE model whose normalizer is the SentencePiece one (prepend `▁` to each segment between special tokens,
+spaces -> `▁`), which is exactly the legacy behaviour, on every transformers version. `<image>` is an added special
+token, so one pass over the whole prompt equals the chunk-by-chunk procedure; the image id is then expanded to
+`image_seq_length` copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import transformers
+from packaging import version
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import AddedToken
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+LLAVA_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions."
+)
+# Appended to the LLaVA prompt with no space in between, exactly as SQ-LLaVA was trained.
+SQ_SYSTEM_PROMPT = (
+    LLAVA_SYSTEM_PROMPT + "Also, the artificial intelligence assistant is a curious virtual user. The virtual user "
+    "asks complex questions that are relevant to the content in the image, for example, asking about background "
+    "knowledge of the objects in the image, asking to discuss about events happening in the image, etc. Again, do "
+    "not ask about uncertain details."
+)
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+ROLE_TAGS = {"user": "USER", "assistant": "ASSISTANT", "vuser": "VUSER"}
+VALID_ROLES = ("system", "user", "assistant", "vuser")
+# token_roles values returned by `tokenize_conversation`.
+ROLE_UNTRAINED, ROLE_ANSWER, ROLE_QUESTION = 0, 1, 2
+
+# CLIP's image normalisation, used by LLaVA-1.5 (openai/clip-vit-large-patch14-336).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# transformers 4.x finds sub-processors through these class attributes; 5.x infers them from `__init__` and warns
+# when `*_class` attributes are present. Declare them only where they are needed.
+_DECLARE_SUBPROCESSOR_CLASSES = version.parse(transformers.__version__).major < 5
+
+# The same text as chat_template.jinja (a test checks they are identical). It is embedded because remote code is
+# loaded from a cache that holds only the .py files, and a processor built from components must carry it.
+CHAT_TEMPLATE = r"""{#- SQ-LLaVA chat template: the Vicuna-v1 prompt format of LLaVA-1.5 plus the self-questioning "vuser" role.
+chat mode:  SYSTEM + " " then "USER: " + q + " ", "ASSISTANT: " + a + "</s>", "VUSER: " + q + "</s>" + " ".
+plain mode: "<image>" + caption + "\n" (stage-1 alignment pre-training: no system prompt, no roles).
+Variables: add_generation_prompt, generation_role ("assistant" or "vuser"), system_prompt, mode ("chat" or "plain").
+Answers and vuser questions, each with its closing "</s>", are wrapped in generation blocks: the trained spans. -#}
+{%- set llava_system_prompt = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions." -%}
+{%- set sq_system_prompt = llava_system_prompt + "Also, the artificial intelligence assistant is a curious virtual user. The virtual user asks complex questions that are relevant to the content in the image, for example, asking about background knowledge of the objects in the image, asking to discuss about events happening in the image, etc. Again, do not ask about uncertain details." -%}
+{%- set gen_role = generation_role if generation_role is defined and generation_role else "assistant" -%}
+{%- set render_mode = mode if mode is defined and mode else "chat" -%}
+{%- macro render_content(content) -%}
+{%- if content is string -%}
+{{- content -}}
+{%- else -%}
+{%- for part in content | selectattr("type", "equalto", "image") -%}{{- "<image>\n" -}}{%- endfor -%}
+{%- for part in content | selectattr("type", "equalto", "text") -%}{{- ("" if loop.first else " ") + part["text"] -}}{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+{%- if not messages -%}{{- raise_exception("The conversation is empty: pass at least one user message.") -}}{%- endif -%}
+{%- if gen_role not in ["assistant", "vuser"] -%}{{- raise_exception("generation_role must be 'assistant' or 'vuser', got '" + gen_role|string + "'.") -}}{%- endif -%}
+{%- if render_mode == "plain" -%}
+{%- for message in messages -%}
+{%- if message["role"] == "user" -%}
+{%- if message["content"] is string -%}{{- "<image>" * message["content"].count("<image>") -}}
+{%- else -%}{{- "<image>" * (message["content"] | selectattr("type", "equalto", "image") | list | length) -}}{%- endif -%}
+{%- elif message["role"] == "assistant" -%}
+{%- generation -%}{{- render_content(message["content"]) + "\n" -}}{%- endgeneration -%}
+{%- elif message["role"] != "system" -%}
+{{- raise_exception("Plain mode only has user and assistant messages, got role '" + message["role"]|string + "'.") -}}
+{%- endif -%}
+{%- endfor -%}
+{%- elif render_mode == "chat" -%}
+{%- if messages[0]["role"] == "system" -%}
+{%- set system = render_content(messages[0]["content"]) -%}
+{%- set loop_messages = messages[1:] -%}
+{%- else -%}
+{%- set loop_messages = messages -%}
+{%- if system_prompt is defined and system_prompt is not none -%}
+{%- set system = system_prompt -%}
+{%- elif (messages | selectattr("role", "equalto", "vuser") | list) or (add_generation_prompt and gen_role == "vuser") -%}
+{%- set system = sq_system_prompt -%}
+{%- else -%}
+{%- set system = llava_system_prompt -%}
+{%- endif -%}
+{%- endif -%}
+{{- system + " " -}}
+{%- for message in loop_messages -%}
+{%- if loop.first and message["role"] != "user" -%}
+{{- raise_exception("The first message after the optional system message must be a user message, got role '" + message["role"]|string + "'.") -}}
+{%- endif -%}
+{%- if message["role"] == "user" -%}
+{{- "USER: " + render_content(message["content"]) + " " -}}
+{%- elif message["role"] == "assistant" -%}
+{{- "ASSISTANT: " -}}{%- generation -%}{{- render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}
+{%- elif message["role"] == "vuser" -%}
+{{- "VUSER: " -}}{%- generation -%}{{- render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}{{- " " -}}
+{%- elif message["role"] == "system" -%}
+{{- raise_exception("A system message is only allowed as the first message.") -}}
+{%- else -%}
+{{- raise_exception("Unknown role '" + message["role"]|string + "': use system, user, assistant or vuser.") -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- "VUSER:" if gen_role == "vuser" else "ASSISTANT:" -}}
+{%- endif -%}
+{%- else -%}
+{{- raise_exception("mode must be 'chat' or 'plain', got '" + render_mode|string + "'.") -}}
+{%- endif -%}
+"""  # noqa: E501
+
+# Arguments of `__call__` that belong to the tokenizer / the image processor / only to the chat template.
+_TEXT_KWARGS = {
+    "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask",
+    "return_offsets_mapping", "add_special_tokens", "return_tensors",
+}  # fmt: skip
+_IMAGE_KWARGS = {
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "do_pad", "do_convert_rgb", "data_format", "input_data_format", "device",
+}  # fmt: skip
+# Passed by `apply_chat_template` / pipelines on some transformers versions; they carry nothing for this processor.
+_IGNORED_KWARGS = {
+    "generation_role", "system_prompt", "mode", "return_text_replacement_offsets", "return_mm_token_type_ids",
+    "sanitize_control_tokens", "return_token_type_ids", "verbose", "return_length", "return_special_tokens_mask",
+    "return_overflowing_tokens", "stride", "is_split_into_words", "continue_final_message", "add_generation_prompt",
+    "return_assistant_tokens_mask", "tokenize", "return_dict", "tools", "documents", "chat_template",
+    "load_audio_from_video", "sampling_rate", "num_frames", "fps", "video_load_backend", "do_sample_frames",
+}  # fmt: skip
+
+
+def add_sqllava_special_tokens(tokenizer) -> int:
+    """
+    Add `<image>` and `<pad>` to a Llama/Vicuna tokenizer if missing, in that order (ids 32000 and 32001 on the
+    32,000-token Vicuna vocabulary, like llava-hf), and make `<pad>` the pad token.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the tokenizer, modified in place.
+
+    Returns:
+        `int`: the number of tokens added (0, 1 or 2). Resize the model's embeddings when it is not 0.
+    """
+    vocab = tokenizer.get_vocab()
+    added = 0
+    for token in (IMAGE_TOKEN, PAD_TOKEN):
+        if token not in vocab:
+            added += tokenizer.add_tokens(
+                [AddedToken(token, special=True, normalized=False, lstrip=False, rstrip=False)], special_tokens=True
+            )
+    if tokenizer.pad_token is None or tokenizer.pad_token != PAD_TOKEN:
+        tokenizer.pad_token = PAD_TOKEN
+    return added
+
+
+def build_image_processor(image_size: int = 336, **kwargs):
+    """
+    LLaVA-1.5's image preprocessing as transformers' LLaVA image processor: pad to a square with the CLIP mean
+    colour (122, 116, 104), bicubic resize of the shortest edge to `image_size`, centre crop, CLIP normalisation.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 336): resize and crop size (336 for ViT-L/14-336).
+        kwargs: overrides passed to the image processor.
+    """
+    config = dict(
+        do_pad=True,
+        do_resize=True,
+        size={"shortest_edge": image_size},
+        resample=PIL.Image.Resampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
+    )
+    config.update(kwargs)
+    from transformers.utils import is_torchvision_available
+
+    # transformers 5.x: `LlavaImageProcessor` needs torchvision and falls back (with a warning) to the PIL backend.
+    if not is_torchvision_available() and hasattr(transformers, "LlavaImageProcessorPil"):
+        return transformers.LlavaImageProcessorPil(**config)
+    return transformers.LlavaImageProcessor(**config)
+
+
+def load_image_rgb(image: Any, name: str = "image") -> Any:
+    """
+    Turn one image input into what the image processor takes, as RGB.
+
+    Paths and `http(s)` URLs are opened; PIL images in any mode (RGBA, LA, L, P, CMYK, I;16 ...) are converted with
+    PIL's `.convert("RGB")`, as LLaVA's reference code did: transparency is DROPPED (the RGB values under the alpha
+    channel are kept), not composited on white as transformers' `convert_to_rgb` would do, so a converted checkpoint
+    sees the pixels it was trained on. uint8 numpy arrays (HxW, HxWx1, HxWx3, HxWx4) are treated the same way;
+    other arrays and torch tensors are passed on unchanged.
+
+    Args:
+        image: a path, URL, `PIL.Image.Image`, numpy array or torch tensor.
+        name (`str`): how to refer to the image in error messages.
+
+    Raises:
+        `ValueError`: the file is missing, unreadable or corrupt (the message names the file).
+        `TypeError`: the input is of an unsupported type.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        if source.startswith(("http://", "https://")):
+            from transformers.image_utils import load_image
+
+            try:
+                image = load_image(source)
+            except Exception as error:  # network / decoding errors of every kind: re-raise naming the URL
+                raise ValueError(f"Could not load {name} from URL {source!r}: {error}") from error
+        else:
+            if not os.path.isfile(source):
+                raise ValueError(f"Could not read {name}: file {source!r} does not exist.")
+            try:
+                with PIL.Image.open(source) as opened:
+                    opened.load()
+                    image = opened.convert("RGB")
+            except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+                raise ValueError(f"Could not read {name} file {source!r} (corrupt or not an image): {error}") from (
+                    error
+                )
+            return image
+    if isinstance(image, PIL.Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+            array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+            return PIL.Image.fromarray(array).convert("RGB")
+        return image
+    if type(image).__module__.startswith("torch"):
+        return image
+    raise TypeError(
+        f"Unsupported {name} of type {type(image).__name__}: pass a PIL image, a numpy array, a torch tensor, a "
+        "file path or an http(s) URL."
+    )
+
+
+def _is_image_input(obj: Any) -> bool:
+    return isinstance(obj, (str, os.PathLike, PIL.Image.Image, np.ndarray)) or type(obj).__module__.startswith("torch")
+
+
+def _flatten_images(images: Any) -> tuple[list, list[int] | None]:
+    """Flat list of images and, when given per sample (a list of lists), the number of images of each sample."""
+    if images is None:
+        return [], None
+    if _is_image_input(images):
+        return [images], None
+    if isinstance(images, Sequence):
+        if any(isinstance(item, (list, tuple)) for item in images):
+            flat, counts = [], []
+            for item in images:
+                item = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
+                flat.extend(item)
+                counts.append(len(item))
+            return flat, counts
+        return list(images), None
+    raise TypeError(f"`images` must be an image, a list of images or a list of lists of images, got {type(images)}.")
+
+
+def _content_text(content: Any, where: str) -> str:
+    """Render a message content (a string or a list of parts) exactly as chat_template.jinja does."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, (list, tuple)):
+        raise TypeError(f"{where}: `content` must be a string or a list of parts, got {type(content).__name__}.")
+    images = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image")
+    texts = [part["text"] for part in content if isinstance(part, dict) and part.get("type") == "text"]
+    return (IMAGE_TOKEN + "\n") * images + " ".join(texts)
+
+
+def _count_images(content: Any) -> int:
+    if isinstance(content, str):
+        return content.count(IMAGE_TOKEN)
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image")
+
+
+def validate_messages(messages: Any, mode: str = "chat") -> None:
+    """
+    Check a conversation before rendering it; raise a `ValueError`/`TypeError` that says what to fix.
+
+    Args:
+        messages (`list[dict]`): `[{"role": "system" | "user" | "assistant" | "vuser", "content": str | list}]`.
+        mode (`str`): `"chat"` or `"plain"`.
+    """
+    if mode not in ("chat", "plain"):
+        raise ValueError(f"`mode` must be 'chat' or 'plain', got {mode!r}.")
+    if not isinstance(messages, (list, tuple)) or len(messages) == 0:
+        raise ValueError(f"`messages` must be a non-empty list of messages, got {messages!r}.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"Message {i} must be a dict with 'role' and 'content' keys, got {message!r}.")
+        role = message["role"]
+        if role not in VALID_ROLES:
+            raise ValueError(f"Message {i} has unknown role {role!r}: use one of {', '.join(VALID_ROLES)}.")
+        if role == "system" and i != 0:
+            raise ValueError(f"Message {i} is a system message: a system message is only allowed first.")
+        if mode == "plain" and role == "vuser":
+            raise ValueError(f"Message {i} has role 'vuser': plain mode only has user and assistant messages.")
+        content = message["content"]
+        text = _content_text(content, f"Message {i}")
+        if role != "system" and not text.replace(IMAGE_TOKEN, "").strip() and not _count_images(content):
+            raise ValueError(f"Message {i} ({role}) is empty: give it some text or an image.")
+        if role in ("assistant", "vuser") and not text.strip():
+            raise ValueError(f"Message {i} ({role}) is empty: a trained answer or question needs text.")
+    first = messages[1] if messages[0]["role"] == "system" and len(messages) > 1 else messages[0]
+    if first["role"] != "user":
+        raise ValueError(
+            f"A conversation must start with a user message (after an optional system message), got role "
+            f"{first['role']!r} first."
+        )
+
+
+def render_conversation(
+    messages: list[dict],
+    mode: str = "chat",
+    system_prompt: str | None = None,
+    add_generation_prompt: bool = False,
+    generation_role: str = "assistant",
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """
+    Render a conversation exactly like chat_template.jinja, returning the text and its trained character spans.
+
+    This is the fast path used for training (no jinja); tests check it against the template.
+
+    Returns:
+        `tuple[str, list[tuple[int, int, int]]]`: the prompt and `(start, end, role)` spans, role 1 for an
+        assistant answer (and plain-mode caption) and 2 for a vuser question, each span including its `</s>`.
+    """
+    validate_messages(messages, mode)
+    if generation_role not in ("assistant", "vuser"):
+        raise ValueError(f"`generation_role` must be 'assistant' or 'vuser', got {generation_role!r}.")
+    pieces: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    length = 0
+
+    def emit(text: str, role: int = ROLE_UNTRAINED) -> None:
+        nonlocal length
+        if role != ROLE_UNTRAINED:
+            spans.append((length, length + len(text), role))
+        pieces.append(text)
+        length += len(text)
+
+    if mode == "plain":
+        for message in messages:
+            if message["role"] == "user":
+                emit(IMAGE_TOKEN * _count_images(message["content"]))
+            elif message["role"] == "assistant":
+                emit(_content_text(message["content"], "assistant") + "\n", ROLE_ANSWER)
+        return "".join(pieces), spans
+
+    loop_messages = messages
+    if messages[0]["role"] == "system":
+        system = _content_text(messages[0]["content"], "system")
+        loop_messages = messages[1:]
+    elif system_prompt is not None:
+        system = system_prompt
+    elif any(m["role"] == "vuser" for m in messages) or (add_generation_prompt and generation_role == "vuser"):
+        system = SQ_SYSTEM_PROMPT
+    else:
+        system = LLAVA_SYSTEM_PROMPT
+    emit(system + " ")
+    for message in loop_messages:
+        role, text = message["role"], _content_text(message["content"], message["role"])
+        if role == "user":
+            emit("USER: " + text + " ")
+        elif role == "assistant":
+            emit("ASSISTANT: ")
+            emit(text + "</s>", ROLE_ANSWER)
+        else:
+            emit("VUSER: ")
+            emit(text + "</s>", ROLE_QUESTION)
+            emit(" ")
+    if add_generation_prompt:
+        emit(ROLE_TAGS[generation_role] + ":")
+    return "".join(pieces), spans
+
+
+def _spm_legacy_backend(tokenizer):
+    """
+    A private copy of a fast tokenizer's backend that tokenizes like the slow SentencePiece Llama tokenizer of
+    transformers 4.31 (see the module docstring): SentencePiece normalizer, no pre-tokenizer, no post-processor.
+    Tokenizers that are not SentencePiece-style BPE (no `▁` word marker) are used as they are, minus post-processing.
+    """
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(
+            f"SQLlavaProcessor needs a fast (`tokenizers`-backed) tokenizer, got {type(tokenizer).__name__}. Load it "
+            "with `AutoTokenizer.from_pretrained(..., use_fast=True)`."
+        )
+    spec = json.loads(backend.to_str())
+    model = spec.get("model", {})
+    sentencepiece_style = model.get("type") == "BPE" and "▁" in json.dumps(
+        [spec.get("normalizer"), spec.get("pre_tokenizer")], ensure_ascii=False
+    )
+    if sentencepiece_style:
+        spec["normalizer"] = {
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            ],
+        }
+        spec["pre_tokenizer"] = None
+    spec["post_processor"] = None
+    spec["truncation"] = None
+    spec["padding"] = None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+_BACKEND_CACHE: "weakref.WeakKeyDictionary[Any, tuple[int, Any]]" = weakref.WeakKeyDictionary()
+
+
+class SQLlavaProcessor(ProcessorMixin):
+    r"""
+    SQ-LLaVA processor: a LLaVA image processor (pad-to-square) and a Llama/Vicuna tokenizer, with the SQ-LLaVA
+    chat template (roles `system`, `user`, `assistant` and the self-questioning `vuser`).
+
+    Args:
+        image_processor ([`LlavaImageProcessor`]):
+            The image processor; `do_pad=True` gives LLaVA-1.5's pad-to-square (see [`build_image_processor`]).
+        tokenizer ([`LlamaTokenizerFast`]):
+            A fast Llama tokenizer that has the `<image>` token (see [`add_sqllava_special_tokens`]).
+        chat_template (`str`, *optional*):
+            A Jinja chat template; defaults to the SQ-LLaVA template (chat_template.jinja).
+        image_seq_length (`int`, *optional*, defaults to 576):
+            Number of image tokens each `<image>` expands to; must equal the model config's `image_seq_length`
+            (576 for ViT-L/14-336).
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            The image placeholder.
+
+    Example (answer, then make the model ask a question about the image, the paper's self-questioning inference):
+
+    ```python
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
+    >>> model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True)
+    >>> messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    >>> prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> inputs = processor(images=image, text=prompt, return_tensors="pt")
+    >>> out = model.generate(**inputs, max_new_tokens=300)
+    >>> description = processor.post_process_generation(processor.decode(out[0, inputs.input_ids.shape[1] :]))
+    >>> messages.append({"role": "assistant", "content": description})
+    >>> prompt = processor.apply_chat_template(messages, add_generation_prompt=True, generation_role="vuser")
+    >>> inputs = processor(images=image, text=prompt, return_tensors="pt")
+    >>> out = model.generate(**inputs, do_sample=True, temperature=1.2, top_k=300, top_p=0.95, max_new_tokens=300)
+    >>> question = processor.post_process_generation(processor.decode(out[0, inputs.input_ids.shape[1] :]))
+    ```
+    """
+
+    if _DECLARE_SUBPROCESSOR_CLASSES:
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        image_seq_length: int = 576,
+        image_token: str = IMAGE_TOKEN,
+        **kwargs,
+    ):
+        if kwargs:
+            raise TypeError(f"SQLlavaProcessor got unexpected arguments {sorted(kwargs)}.")
+        if image_processor is None or tokenizer is None:
+            raise ValueError("SQLlavaProcessor needs both an `image_processor` and a `tokenizer`.")
+        if not isinstance(image_seq_length, int) or image_seq_length <= 0:
+            raise ValueError(f"`image_seq_length` must be a positive int, got {image_seq_length!r}.")
+        if image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer has no {image_token!r} token: call `add_sqllava_special_tokens(tokenizer)` first "
+                "(and resize the model's embeddings)."
+            )
+        self.image_seq_length = image_seq_length
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        image_size: int = 336,
+        image_seq_length: int | None = None,
+        patch_size: int = 14,
+        chat_template: str | None = None,
+        **image_processor_kwargs,
+    ) -> SQLlavaProcessor:
+        """
+        Build the processor from a tokenizer: adds `<image>`/`<pad>` if missing and makes the LLaVA-1.5 image
+        processor for `image_size` pixels.
+
+        Args:
+            tokenizer: a fast Llama tokenizer (modified in place by [`add_sqllava_special_tokens`]).
+            image_size (`int`, *optional*, defaults to 336): image side in pixels.
+            image_seq_length (`int`, *optional*): image tokens per image; defaults to `(image_size // patch_size)**2`
+                (576 for ViT-L/14-336, the CLS token being dropped by the "default" feature selection).
+            patch_size (`int`, *optional*, defaults to 14): the vision tower's patch size.
+            chat_template (`str`, *optional*): defaults to the SQ-LLaVA template.
+            image_processor_kwargs: overrides for [`build_image_processor`].
+        """
+        add_sqllava_special_tokens(tokenizer)
+        if image_seq_length is None:
+            image_seq_length = (image_size // patch_size) ** 2
+        return cls(
+            build_image_processor(image_size, **image_processor_kwargs),
+            tokenizer,
+            chat_template=chat_template,
+            image_seq_length=image_seq_length,
+        )
+
+    # ----------------------------------------------------------------------------------------------- tokenization
+    def _legacy_backend(self):
+        # Cached per tokenizer object outside the processor's __dict__ (which `to_dict` deep-copies), rebuilt when
+        # tokens were added since.
+        cached = _BACKEND_CACHE.get(self.tokenizer)
+        if cached is None or cached[0] != len(self.tokenizer):
+            cached = (len(self.tokenizer), _spm_legacy_backend(self.tokenizer))
+            _BACKEND_CACHE[self.tokenizer] = cached
+        return cached[1]
+
+    def _encode_unexpanded(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list]:
+        """Token ids and character offsets of one prompt, one id per `<image>`."""
+        encoding = self._legacy_backend().encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        if add_special_tokens and bos is not None:
+            return [bos] + encoding.ids, [(0, 0)] + encoding.offsets
+        return encoding.ids, encoding.offsets
+
+    def _expand_images(self, ids: list[int], *parallel: list) -> tuple[list, ...]:
+        """Repeat every image id (and the matching entries of the `parallel` lists) `image_seq_length` times."""
+        positions = [i for i, token_id in enumerate(ids) if token_id == self.image_token_id]
+        if not positions:
+            return (ids, *parallel)
+        outputs = []
+        for values in (ids, *parallel):
+            expanded, previous = [], 0
+            for position in positions:
+                expanded.extend(values[previous:position])
+                expanded.extend([values[position]] * self.image_seq_length)
+                previous = position + 1
+            expanded.extend(values[previous:])
+            outputs.append(expanded)
+        return tuple(outputs)
+
+    def _encode(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets of one prompt, `<image>` expanded to `image_seq_length` ids."""
+        return self._expand_images(*self._encode_unexpanded(text, add_special_tokens))
+
+    def tokenize_conversation(
+        self,
+        messages: list[dict],
+        mode: str = "chat",
+        system_prompt: str | None = None,
+        add_generation_prompt: bool = False,
+        generation_role: str = "assistant",
+    ) -> dict[str, list[int]]:
+        """
+        Tokenize one training conversation and say which tokens are trained.
+
+        Args:
+            messages (`list[dict]`):
+                `[{"role": "system" | "user" | "assistant" | "vuser", "content": str | list[parts]}]`; the first
+                user message of a sample with an image contains `"<image>"` (canonically at its start + `"\\n"`).
+            mode (`str`, *optional*, defaults to `"chat"`):
+                `"chat"` (Vicuna-v1 with roles, stage 2) or `"plain"` (`<image>` + caption + `\\n`, stage 1).
+            system_prompt (`str`, *optional*):
+                System prompt when the messages have no system message (an explicit system message always wins).
+                Defaults to `SQ_SYSTEM_PROMPT`, the prompt of every SQ-LLaVA stage-2 training sample.
+            add_generation_prompt (`bool`, *optional*, defaults to `False`): end with `ASSISTANT:`/`VUSER:`.
+            generation_role (`str`, *optional*, defaults to `"assistant"`): which generation prompt.
+
+        Returns:
+            `dict`: `input_ids` (`list[int]`, BOS first, `<image>` expanded) and `token_roles` (`list[int]`, same
+            length): 0 untrained (system, user turns, role tags, image tokens, BOS), 1 assistant answer, 2 vuser
+            question, each trained span including its closing `</s>` (in plain mode the caption and its `\\n`).
+            Roles come from the token character offsets in the rendered prompt.
+        """
+        if mode == "chat" and system_prompt is None:
+            system_prompt = SQ_SYSTEM_PROMPT
+        text, spans = render_conversation(messages, mode, system_prompt, add_generation_prompt, generation_role)
+        ids, offsets = self._encode_unexpanded(text)
+        roles = [ROLE_UNTRAINED] * len(ids)
+        if spans:
+            # Tokens never cross a span boundary: spans end at `</s>` (a special token) or at "\n" followed by
+            # the next chunk; a token is trained when its characters overlap a span.
+            span_index, n_spans = 0, len(spans)
+            for i, (start, end) in enumerate(offsets):
+                if end <= start:  # BOS: zero width
+                    continue
+                while span_index < n_spans and spans[span_index][1] <= start:
+                    span_index += 1
+                if span_index == n_spans:
+                    break
+                span_start, _, role = spans[span_index]
+                if end > span_start and ids[i] != self.image_token_id:
+                    roles[i] = role
+        ids, roles = self._expand_images(ids, roles)
+        return {"input_ids": ids, "token_roles": roles}
+
+    # -------------------------------------------------------------------------------------------------- __call__
+    def __call__(self, images=None, text=None, audio=None, videos=None, **kwargs) -> BatchFeature:
+        """
+        Prepare prompts and images for the model.
+
+        Args:
+            images: one image or a list (or a list of lists, per sample) of PIL images, numpy arrays, torch
+                tensors, file paths or URLs; one per `<image>` placeholder in `text`.
+            text (`str` or `list[str]`): prompts, e.g. from `apply_chat_template`.
+            kwargs: tokenizer options (`padding`, `truncation`, `max_length`, `pad_to_multiple_of`,
+                `padding_side`, `return_attention_mask`, `return_offsets_mapping`, `add_special_tokens`),
+                `return_tensors`, and image processor options (also accepted as `text_kwargs=`/`images_kwargs=`).
+
+        Returns:
+            [`BatchFeature`]: `input_ids`, `attention_mask` and, with images, `pixel_values`.
+        """
+        if audio is not None or videos is not None:
+            raise ValueError("SQLlavaProcessor handles images and text only; got `audio` or `videos`.")
+        if images is None and text is None:
+            raise ValueError("Pass `text` and/or `images` to SQLlavaProcessor.")
+        text_kwargs, image_kwargs = self._split_kwargs(kwargs)
+        return_tensors = text_kwargs.pop("return_tensors", None)
+
+        flat_images, per_sample = _flatten_images(images)
+        data: dict[str, Any] = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not all(isinstance(t, str) for t in texts):
+                raise TypeError("`text` must be a string or a list of strings.")
+            placeholders = [t.count(self.image_token) for t in texts]
+            if sum(placeholders) != len(flat_images):
+                raise ValueError(
+                    f"The text has {sum(placeholders)} {self.image_token} placeholder(s) but {len(flat_images)} "
+                    f"image(s) were passed: give exactly one image per {self.image_token}."
+                )
+            if per_sample is not None and len(per_sample) == len(texts) and per_sample != placeholders:
+                raise ValueError(
+                    f"Per-sample {self.image_token} placeholders {placeholders} do not match the per-sample image "
+                    f"counts {per_sample}."
+                )
+            data.update(self._tokenize_batch(texts, **text_kwargs))
+        if flat_images:
+            rgb = [load_image_rgb(image, name=f"image {i}") for i, image in enumerate(flat_images)]
+            pixel_values = self.image_processor(rgb, return_tensors=return_tensors, **image_kwargs)["pixel_values"]
+            data["pixel_values"] = pixel_values
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _split_kwargs(self, kwargs: dict) -> tuple[dict, dict]:
+        kwargs = dict(kwargs)
+        for nested in ("text_kwargs", "images_kwargs", "common_kwargs", "processor_kwargs"):
+            kwargs.update(kwargs.pop(nested, None) or {})
+        kwargs.pop("videos_kwargs", None)
+        kwargs.pop("audio_kwargs", None)
+        text_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _TEXT_KWARGS}
+        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _IMAGE_KWARGS}
+        unknown = [k for k in kwargs if k not in _IGNORED_KWARGS]
+        if unknown:
+            raise TypeError(
+                f"SQLlavaProcessor got unexpected arguments {sorted(unknown)}; tokenizer options are "
+                f"{sorted(_TEXT_KWARGS)} and image options {sorted(_IMAGE_KWARGS)}."
+            )
+        return text_kwargs, image_kwargs
+
+    def _tokenize_batch(
+        self,
+        texts: list[str],
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_offsets_mapping: bool = False,
+        add_special_tokens: bool = True,
+    ) -> dict[str, list]:
+        encoded = [self._encode(t, add_special_tokens=add_special_tokens) for t in texts]
+        all_ids = [ids for ids, _ in encoded]
+        all_offsets = [offsets for _, offsets in encoded]
+        if truncation not in (None, False, "do_not_truncate") and max_length is not None:
+            for i, ids in enumerate(all_ids):
+                if len(ids) > max_length:
+                    kept = ids[:max_length].count(self.image_token_id)
+                    if kept != ids.count(self.image_token_id):
+                        raise ValueError(
+                            f"Truncating sample {i} from {len(ids)} to max_length={max_length} tokens would cut "
+                            f"image tokens ({kept} of {ids.count(self.image_token_id)} kept): raise `max_length`."
+                        )
+                    all_ids[i], all_offsets[i] = ids[:max_length], all_offsets[i][:max_length]
+        masks = [[1] * len(ids) for ids in all_ids]
+        if padding not in (False, None, "do_not_pad"):
+            if padding == "max_length":
+                if max_length is None:
+                    raise ValueError("`padding='max_length'` needs `max_length`.")
+                target = max_length
+            else:
+                target = max(len(ids) for ids in all_ids)
+            if pad_to_multiple_of:
+                target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+            pad_id = self.tokenizer.pad_token_id
+            if pad_id is None:
+                raise ValueError("The tokenizer has no pad token: call `add_sqllava_special_tokens(tokenizer)`.")
+            side = padding_side or self.tokenizer.padding_side
+            for i in range(len(all_ids)):
+                n = target - len(all_ids[i])
+                if n <= 0:
+                    continue
+                if side == "left":
+                    all_ids[i] = [pad_id] * n + all_ids[i]
+                    masks[i] = [0] * n + masks[i]
+                    all_offsets[i] = [(0, 0)] * n + all_offsets[i]
+                else:
+                    all_ids[i] = all_ids[i] + [pad_id] * n
+                    masks[i] = masks[i] + [0] * n
+                    all_offsets[i] = all_offsets[i] + [(0, 0)] * n
+        out: dict[str, list] = {"input_ids": all_ids}
+        if return_attention_mask is None or return_attention_mask:
+            out["attention_mask"] = masks
+        if return_offsets_mapping:
+            out["offset_mapping"] = all_offsets
+        return out
+
+    # ----------------------------------------------------------------------------------------------- chat/decoding
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """
+        Render (and optionally tokenize) conversations with the SQ-LLaVA template.
+
+        Besides the usual arguments (`add_generation_prompt`, `tokenize`, `return_dict`,
+        `return_assistant_tokens_mask` ...), the template takes `generation_role="assistant" | "vuser"` (with
+        `add_generation_prompt=True`, end with `ASSISTANT:` to answer or `VUSER:` to make the model ask a question),
+        `system_prompt=` (used when there is no system message) and `mode="chat" | "plain"`.
+        """
+        batched = isinstance(conversation, (list, tuple)) and len(conversation) > 0 and (
+            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+        )
+        conversations = conversation if batched else [conversation]
+        conversations = [getattr(c, "messages", c) for c in conversations]
+        mode = kwargs.get("mode") or "chat"
+        for messages in conversations:
+            validate_messages(messages, mode)
+        generation_role = kwargs.get("generation_role") or "assistant"
+        if generation_role not in ("assistant", "vuser"):
+            raise ValueError(f"`generation_role` must be 'assistant' or 'vuser', got {generation_role!r}.")
+        if _DECLARE_SUBPROCESSOR_CLASSES and kwargs.get("tokenize"):
+            # transformers 4.x collects images from list contents only; string contents become one text part.
+            conversations = [
+                [
+                    {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str) else m
+                    for m in messages
+                ]
+                for messages in conversations
+            ]
+            conversation = conversations if batched else conversations[0]
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    def post_process_generation(self, text: str | list[str]) -> str | list[str]:
+        """
+        Clean a generated answer or question: keep the text before the first `</s>` or before a new turn's role
+        tag, drop a leading role tag (`ASSISTANT:`, `VUSER:`, `USER:`) and surrounding whitespace.
+
+        Args:
+            text (`str` or `list[str]`): decoded generation(s), with or without special tokens.
+        """
+        if isinstance(text, (list, tuple)):
+            return [self.post_process_generation(t) for t in text]
+        text = text.replace(self.image_token, "")
+        pad = self.tokenizer.pad_token
+        if pad:
+            text = text.replace(pad, "")
+        text = text.split(self.tokenizer.eos_token or "</s>", 1)[0].strip()
+        text = _LEADING_TAG.sub("", text)
+        text = _NEXT_TURN.split(text, 1)[0]
+        return text.strip()
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+_LEADING_TAG = re.compile(r"^(?:(?:USER|ASSISTANT|VUSER)\s*:\s*)+")
+_NEXT_TURN = re.compile(r"\s*\b(?:USER|ASSISTANT|VUSER)\s*:")
+
+
+SQLlavaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "LLAVA_SYSTEM_PROMPT",
+    "SQ_SYSTEM_PROMPT",
+    "SQLlavaProcessor",
+    "add_sqllava_special_tokens",
+    "build_image_processor",
+    "load_image_rgb",
+    "render_conversation",
+    "validate_messages",
+]
