@@ -1,0 +1,611 @@
+"""SQ-LLaVA: LLaVA-1.5 with a prototype-extractor projector, as a transformers model.
+
+Read top to bottom: the vision tower (CLIP, only the layers that are used), the prototype extractor, the projector,
+then the model classes. This file is shipped to the Hub next to `configuration_sqllava.py` and loaded with
+`trust_remote_code=True`; it imports only torch and transformers, and the same file runs on transformers 4.57.x and
+5.x. Where the two versions differ (cache argument names, output fields, init helpers) the code says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
+
+from .configuration_sqllava import SQLlavaConfig
+
+try:  # transformers 5.x: init helpers that skip parameters already loaded from a checkpoint (`_is_hf_initialized`)
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x: from_pretrained only initialises modules with missing weights
+    from torch.nn import init
+
+
+# 5.x renamed the KV-cache output field `past_key_values` to `cache`; generate() reads whichever the version defines.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# 5.x's generate() drops `pixel_values` outside prefill itself and tells prepare_inputs_for_generation which step it is.
+_GENERATE_KNOWS_FIRST_ITERATION = (
+    "is_first_iteration" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+)
+
+
+@dataclass
+class SQLlavaModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` (of the installed transformers) plus the projected image features.
+
+    Args:
+        image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+            Projector outputs spliced into the sequence, when `pixel_values` were given.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class SQLlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` (of the installed transformers) plus the projected image features.
+
+    Args:
+        image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
+            Projector outputs spliced into the sequence, when `pixel_values` were given.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class SQLlavaVisionTower(nn.Module):
+    """CLIP vision transformer truncated to the layers that produce `config.vision_feature_layer`.
+
+    Parameter names are the same on every transformers version (`embeddings.*`, `pre_layrnorm.*`,
+    `encoder.layers.{i}.*`): 5.x's `CLIPVisionModel` dropped the `vision_model.` level that 4.x has, so a
+    checkpoint of `AutoModel.from_config(vision_config)` would not load across versions. There is no
+    `post_layernorm` and no layer after the selected one, so every parameter receives a gradient (DDP, LoRA).
+
+    Args:
+        config (`SQLlavaConfig`): the model config; its `vision_config` is shared (not copied) with the CLIP modules
+            so that attention-implementation changes on the config reach them.
+    """
+
+    def __init__(self, config: SQLlavaConfig):
+        super().__init__()
+        vision_config = config.vision_config
+        self.config = vision_config
+        self.image_size = vision_config.image_size
+        self.num_channels = vision_config.num_channels
+        self.select_strategy = config.vision_feature_select_strategy
+        self.embeddings = CLIPVisionEmbeddings(vision_config)
+        self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.encoder = CLIPEncoder(vision_config)
+        # Built with the shared config, then truncated: layer -2 of 24 keeps layers 0..22.
+        self.encoder.layers = self.encoder.layers[: config.num_vision_layers]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch features of the selected layer, `(batch, tokens, vision_hidden_size)` (CLS dropped for "default")."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.num_channels, self.image_size, self.image_size):
+            raise ValueError(
+                f"`pixel_values` has shape {tuple(pixel_values.shape)}, expected (num_images, {self.num_channels}, "
+                f"{self.image_size}, {self.image_size}) (vision_config.image_size={self.image_size}); preprocess "
+                "images with the model's processor."
+            )
+        hidden_states = self.embeddings(pixel_values.to(self.embeddings.patch_embedding.weight.dtype))
+        hidden_states = self.pre_layrnorm(hidden_states)
+        hidden_states = self.encoder(inputs_embeds=hidden_states).last_hidden_state
+        if self.select_strategy == "default":
+            hidden_states = hidden_states[:, 1:]
+        return hidden_states
+
+
+class SQLlavaPrototypeExtractor(nn.Module):
+    r"""SQ-LLaVA's prototype extractor: enhances each patch feature with the centre of its visual cluster.
+
+    With X the `(B, L, D)` patch features, K prototypes and T iterations:
+    `V = normalize_L(v(X))`, `F = f(X)`, `C = P(X)`, `C_F = P(F)` (P: adaptive average pooling L -> K over tokens);
+    T times `C = c(C)`, `A = softmax_K(normalize_D(C) V^T)`, `C = A F`;
+    `S = sigmoid(beta + alpha cos(C, X))`, `M` = one-hot of `argmax_K S`, `S' = S * M`;
+    `U = (S' F + C_F) / (M 1 + 1)`; output `X + S'^T U` (same shape as X).
+
+    Everything is a `(B, K, L)` or `(B, K, D)` matrix product: the public reference implementation materialises
+    `(B, K, L, D)` products, which costs gigabytes at 7B scale.
+
+    Released-checkpoint key mapping (done by the converter): `c.* -> c.*`, `v.* -> v.*`, `f.* -> f.*`,
+    `sim_alpha`/`sim_beta` (shape `(1, 1, 1)`) -> `sim_alpha`/`sim_beta` (scalars); the unused `ln_1.*` is dropped
+    and `mlp.0.*` / `mlp.2.*` belong to the projector's `linear_1.*` / `linear_2.*`.
+
+    Args:
+        hidden_size (`int`): feature width D.
+        num_prototypes (`int`): K.
+        num_iterations (`int`): T.
+    """
+
+    def __init__(self, hidden_size: int, num_prototypes: int, num_iterations: int):
+        super().__init__()
+        self.num_prototypes = num_prototypes
+        self.num_iterations = num_iterations
+        self.v = nn.Linear(hidden_size, hidden_size)
+        self.f = nn.Linear(hidden_size, hidden_size)
+        self.c = nn.Linear(hidden_size, hidden_size)
+        self.sim_alpha = nn.Parameter(torch.ones(()))
+        self.sim_beta = nn.Parameter(torch.zeros(()))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states
+        # The released weights were trained with V normalised along the token axis (per channel), not per token.
+        values = functional.normalize(self.v(x), dim=1)  # (B, L, D)
+        features = self.f(x)  # (B, L, D)
+        # AdaptiveAvgPool1d over tokens: uneven, overlapping windows when K does not divide L (576 -> 256).
+        centers = functional.adaptive_avg_pool1d(x.transpose(1, 2), self.num_prototypes).transpose(1, 2)  # (B, K, D)
+        centers_features = functional.adaptive_avg_pool1d(features.transpose(1, 2), self.num_prototypes).transpose(
+            1, 2
+        )  # (B, K, D)
+        for _ in range(self.num_iterations):
+            centers = self.c(centers)
+            logits = functional.normalize(centers, dim=-1) @ values.transpose(1, 2)  # (B, K, L)
+            # Half precision softmax over 256 centres is upcast; float32/float64 stay exact.
+            assignment = torch.softmax(
+                logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, 1
+            )
+            centers = assignment.to(features.dtype) @ features  # (B, K, D)
+        cosine = functional.normalize(centers, dim=-1) @ functional.normalize(x, dim=-1).transpose(1, 2)  # (B, K, L)
+        similarity = torch.sigmoid(self.sim_beta + self.sim_alpha * cosine)
+        # Hard assignment: each token keeps only its most similar centre (ties -> lowest index, like torch.max).
+        best = similarity.argmax(dim=1)  # (B, L)
+        mask = functional.one_hot(best, self.num_prototypes).transpose(1, 2).to(similarity.dtype)  # (B, K, L)
+        similarity = similarity * mask
+        center_values = (similarity @ features + centers_features) / (mask.sum(dim=-1, keepdim=True) + 1.0)
+        return x + similarity.transpose(1, 2) @ center_values  # (B, L, D)
+
+
+class SQLlavaMultiModalProjector(nn.Module):
+    """Maps patch features to the language model width.
+
+    `"prototype"`: `SQLlavaPrototypeExtractor` -> Linear(D, H) -> QuickGELU -> Linear(H, H) (SQ-LLaVA).
+    `"mlp2x_gelu"`: Linear(D, H) -> GELU -> Linear(H, H) (LLaVA-1.5).
+
+    Args:
+        config (`SQLlavaConfig`): the model config.
+    """
+
+    def __init__(self, config: SQLlavaConfig):
+        super().__init__()
+        vision_size = config.vision_config.hidden_size
+        text_size = config.text_config.hidden_size
+        if config.projector_type == "prototype":
+            self.extractor = SQLlavaPrototypeExtractor(vision_size, config.num_prototypes, config.prototype_iterations)
+            act = "quick_gelu"
+        else:
+            self.extractor = None
+            act = "gelu"
+        self.linear_1 = nn.Linear(vision_size, text_size)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.linear_2 = nn.Linear(text_size, text_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        if self.extractor is not None:
+            image_features = self.extractor(image_features)
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class QuickGELU(nn.Module):
+    """`x * sigmoid(1.702 x)`, the activation of SQ-LLaVA's projector MLP (as in CLIP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class SQLlavaPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the capability flags shared by the SQ-LLaVA model classes."""
+
+    config_class = SQLlavaConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "LlamaDecoderLayer", "SQLlavaMultiModalProjector"]  # noqa: RUF012
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # noqa: RUF012
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _supports_cache_class = True
+    _supports_static_cache = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module):
+        # Generic Linear/Embedding/norm init (and 5.x's rotary buffers), then the modules it does not know.
+        super()._init_weights(module)
+        vision_config = self.config.vision_config
+        factor = vision_config.initializer_factor
+        if isinstance(module, CLIPVisionEmbeddings):
+            init.normal_(module.class_embedding, mean=0.0, std=module.embed_dim**-0.5 * factor)
+            init.normal_(module.patch_embedding.weight, std=vision_config.initializer_range * factor)
+            init.normal_(module.position_embedding.weight, std=vision_config.initializer_range * factor)
+            if hasattr(init, "copy_"):  # 5.x builds non-persistent buffers on the meta device when loading
+                init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, SQLlavaPrototypeExtractor):
+            init.ones_(module.sim_alpha)
+            init.zeros_(module.sim_beta)
+
+    def enable_input_require_grads(self):
+        """Make the token embeddings' and the patch embeddings' outputs require grad.
+
+        Needed for adapters or reentrant gradient checkpointing on frozen towers: without it the first checkpointed
+        layer of either tower receives inputs that do not require grad, and its LoRA weights get no gradient.
+        """
+
+        def make_inputs_require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        modules = [self.get_input_embeddings(), self.get_vision_tower().embeddings]
+        self._require_grads_hooks = [module.register_forward_hook(make_inputs_require_grads) for module in modules]
+        self._require_grads_hook = self._require_grads_hooks[0]  # the attribute name transformers 4.x uses
+
+    def disable_input_require_grads(self):
+        for hook in getattr(self, "_require_grads_hooks", []):
+            hook.remove()
+        self._require_grads_hooks = []
+
+    def get_vision_tower(self) -> SQLlavaVisionTower:
+        return self.model.vision_tower if hasattr(self, "model") else self.vision_tower
+
+
+class SQLlavaModel(SQLlavaPreTrainedModel):
+    """Vision tower + projector + language model (no LM head): returns the language model's hidden states.
+
+    Args:
+        config (`SQLlavaConfig`): the model config.
+    """
+
+    def __init__(self, config: SQLlavaConfig):
+        super().__init__(config)
+        # The tower is not a PreTrainedModel, so nothing resolves its config's attention implementation: it takes the
+        # one resolved for this model (sdpa by default), unless one was requested for `vision_config` explicitly.
+        if config.vision_config._attn_implementation is None:
+            config.vision_config._attn_implementation = config._attn_implementation
+        self.vision_tower = SQLlavaVisionTower(config)
+        self.multi_modal_projector = SQLlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model
+
+    def set_decoder(self, decoder: nn.Module):
+        self.language_model = decoder
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features, `(num_images, image_seq_length, text_hidden_size)`.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, 3, image_size, image_size)`): preprocessed images.
+        """
+        return self.multi_modal_projector(self.vision_tower(pixel_values))
+
+    def _image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> SQLlavaModelOutputWithPast | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Token ids; each `<image>` (`config.image_token_id`) receives one projected image feature row.
+            pixel_values (`torch.FloatTensor` of shape `(num_images, 3, image_size, image_size)`, *optional*):
+                Preprocessed images, in the order of their placeholders in the batch.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): 1 for real tokens.
+            position_ids (`torch.LongTensor`, *optional*): positions, e.g. for left-padded batches.
+            inputs_embeds (`torch.FloatTensor`, *optional*): instead of `input_ids`.
+            kwargs: passed unchanged to the language model (`past_key_values`/`cache_position` on transformers 4.x,
+                `cache` on 5.x, `use_cache`, `output_hidden_states`, ...).
+        """
+        return_dict = kwargs.pop("return_dict", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            image_mask = self._image_token_mask(input_ids, inputs_embeds)
+            num_tokens = int(image_mask.sum())
+            num_features = image_features.shape[0] * image_features.shape[1]
+            if num_tokens != num_features:
+                raise ValueError(
+                    f"Image features and image tokens do not match: tokens: {num_tokens}, features: {num_features} "
+                    f"({image_features.shape[0]} image(s) x {image_features.shape[1]} rows); each image needs "
+                    f"exactly {self.config.image_seq_length} `<image>` tokens (use the SQ-LLaVA processor)."
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(
+                image_mask.unsqueeze(-1).to(inputs_embeds.device),
+                image_features.to(inputs_embeds.device, inputs_embeds.dtype),
+            )
+        elif input_ids is not None and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            # Without a cache this is a full forward (training, scoring): placeholders then need their images.
+            num_tokens = int((input_ids == self.config.image_token_id).sum())
+            if num_tokens:
+                raise ValueError(
+                    f"Image features and image tokens do not match: tokens: {num_tokens}, features: 0; pass the "
+                    "`pixel_values` of the images whose `<image>` placeholders are in `input_ids`."
+                )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        output = SQLlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD, None)},
+        )
+        return output.to_tuple() if return_dict is False else output
+
+
+class SQLlavaForConditionalGeneration(SQLlavaPreTrainedModel, GenerationMixin):
+    """SQ-LLaVA for image-conditioned generation and training: `SQLlavaModel` + LM head.
+
+    Args:
+        config (`SQLlavaConfig`): the model config.
+
+    Example:
+
+    ```python
+    >>> from modeling_sqllava import SQLlavaConfig, SQLlavaForConditionalGeneration
+    >>> model = SQLlavaForConditionalGeneration.from_vision_text_pretrained(
+    ...     "openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5", tokenizer=tokenizer
+    ... )
+    >>> out = model.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=32)
+    ```
+    """
+
+    def __init__(self, config: SQLlavaConfig):
+        super().__init__(config)
+        self.model = SQLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.get_decoder()
+
+    def set_decoder(self, decoder: nn.Module):
+        self.model.set_decoder(decoder)
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    @property
+    def vision_tower(self) -> SQLlavaVisionTower:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> SQLlavaMultiModalProjector:
+        return self.model.multi_modal_projector
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> SQLlavaCausalLMOutputWithPast | tuple:
+        r"""
+        Args:
+            input_ids, pixel_values, attention_mask, position_ids, inputs_embeds: see [`SQLlavaModel.forward`].
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Targets for the causal LM loss (shifted inside; -100 is ignored). The loss is the mean over labelled
+                tokens, or the sum divided by `num_items_in_batch` when that keyword is given.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+                Compute logits only for the last `logits_to_keep` positions (0 = all), or for these indices.
+            kwargs: passed unchanged to the language model (cache arguments of the installed transformers, ...).
+        """
+        return_dict = kwargs.pop("return_dict", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        output = SQLlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+        )
+        return output.to_tuple() if return_dict is False else output
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        # Images are encoded once, at prefill: later steps only feed new tokens, which hold no `<image>` placeholders.
+        if _GENERATE_KNOWS_FIRST_ITERATION:
+            # 5.x drops `pixel_values` outside prefill (`is_first_iteration`) unless generating without a cache.
+            return super().prepare_inputs_for_generation(
+                input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                **kwargs,
+            )
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
+        # 4.x: prefill is the step whose cache positions start at 0 (true at every step without a cache).
+        cache_position = model_inputs.get("cache_position")
+        if cache_position is None or int(cache_position[0]) == 0:
+            model_inputs["pixel_values"] = pixel_values
+        return model_inputs
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_path: str,
+        text_path: str,
+        tokenizer=None,
+        *,
+        dtype: torch.dtype | None = None,
+        pad_to_multiple_of: int = 64,
+        **config_kwargs,
+    ) -> SQLlavaForConditionalGeneration:
+        r"""Stage-1 model from a pretrained CLIP tower and a pretrained Llama, with a freshly initialised projector.
+
+        Each tower is loaded with the installed transformers' own loader (`CLIPVisionModel`, `AutoModelForCausalLM`),
+        so their checkpoint layouts are handled by that version; the weights are then copied into the SQ-LLaVA
+        modules (the CLIP layers after `vision_feature_layer` are not kept). When `tokenizer` is given, `<image>` is
+        added to it (and `<pad>`, when it has no pad token), and the embeddings are resized to `len(tokenizer)`
+        rounded up to `pad_to_multiple_of`: on Vicuna, `<image>` = 32000, `<pad>` = 32001, vocabulary 32064.
+
+        Args:
+            vision_path (`str`): Hub id or folder of a `CLIPVisionModel` or a full `CLIPModel`.
+            text_path (`str`): Hub id or folder of a Llama causal LM (e.g. `lmsys/vicuna-7b-v1.5`).
+            tokenizer (`PreTrainedTokenizerBase`, *optional*): modified in place as described above.
+            dtype (`torch.dtype`, *optional*): dtype to load both towers in.
+            pad_to_multiple_of (`int`, *optional*, defaults to 64): vocabulary padding.
+            config_kwargs: other `SQLlavaConfig` arguments (`projector_type`, `num_prototypes`,
+                `attn_implementation`, ...). Without a tokenizer, `image_token_id`/`pad_token_id` may be given here.
+
+        Example:
+
+        ```python
+        >>> tokenizer = AutoTokenizer.from_pretrained("lmsys/vicuna-7b-v1.5")
+        >>> model = SQLlavaForConditionalGeneration.from_vision_text_pretrained(
+        ...     "openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5", tokenizer=tokenizer
+        ... )
+        >>> model.config.image_token_id, model.config.pad_token_id, model.config.text_config.vocab_size
+        (32000, 32001, 32064)
+        ```
+        """
+        from transformers import AutoModelForCausalLM, CLIPVisionModel
+
+        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        vision = CLIPVisionModel.from_pretrained(vision_path, **load_kwargs)
+        text = AutoModelForCausalLM.from_pretrained(text_path, **load_kwargs)
+        text_vocab = text.get_input_embeddings().weight.shape[0]
+
+        if tokenizer is not None:
+            for name in ("image_token_id", "pad_token_id"):
+                if name in config_kwargs:
+                    raise ValueError(
+                        f"`{name}` is taken from the tokenizer when one is given; drop `{name}={config_kwargs[name]}`."
+                    )
+            if "<image>" not in tokenizer.get_vocab():
+                tokenizer.add_tokens(["<image>"], special_tokens=True)
+            if tokenizer.pad_token is None:
+                tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+            pad_token_id = tokenizer.pad_token_id
+            needed = len(tokenizer)
+        else:
+            image_token_id = config_kwargs.pop("image_token_id", text_vocab)
+            pad_token_id = config_kwargs.pop("pad_token_id", getattr(text.config, "pad_token_id", None))
+            if pad_token_id is None:
+                pad_token_id = image_token_id + 1
+            needed = max(text_vocab, image_token_id + 1, pad_token_id + 1)
+        new_vocab = max(text_vocab, math.ceil(needed / pad_to_multiple_of) * pad_to_multiple_of)
+        if new_vocab != text_vocab:
+            # The text model's own resize gives new rows the mean of the old ones (both versions).
+            text.resize_token_embeddings(new_vocab)
+        text.config.pad_token_id = pad_token_id
+        text.config.vocab_size = new_vocab
+
+        config = SQLlavaConfig(
+            vision_config=vision.config,
+            text_config=text.config,
+            image_token_id=image_token_id,
+            pad_token_id=pad_token_id,
+            **config_kwargs,
+        )
+        model = cls(config)
+        source_vision = getattr(vision, "vision_model", vision)  # 4.x nests the transformer under `vision_model`
+        tower = model.model.vision_tower
+        tower.embeddings.load_state_dict(source_vision.embeddings.state_dict())
+        tower.pre_layrnorm.load_state_dict(source_vision.pre_layrnorm.state_dict())
+        for index, layer in enumerate(tower.encoder.layers):
+            layer.load_state_dict(source_vision.encoder.layers[index].state_dict())
+        model.model.language_model.load_state_dict(text.get_decoder().state_dict())
+        model.lm_head.load_state_dict(text.get_output_embeddings().state_dict())
+        if dtype is not None:
+            model = model.to(dtype)
+        model.generation_config.pad_token_id = pad_token_id
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(text.generation_config, name, None)
+            if value is not None:
+                setattr(model.generation_config, name, value)
+        return model
+
+
+SQLlavaModel.register_for_auto_class("AutoModel")
+SQLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = [
+    "SQLlavaForConditionalGeneration",
+    "SQLlavaModel",
+    "SQLlavaMultiModalProjector",
+    "SQLlavaPreTrainedModel",
+    "SQLlavaPrototypeExtractor",
+    "SQLlavaVisionTower",
+]
