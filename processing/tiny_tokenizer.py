@@ -56,7 +56,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 700) -> LlamaTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 700, extra_corpus: list[str] | None = None) -> LlamaTokenizerFast:
     """
     Train (offline, deterministically) a small Llama-style BPE tokenizer with `<image>` and `<pad>` added.
 
@@ -64,6 +64,8 @@ def build_tiny_tokenizer(vocab_size: int = 700) -> LlamaTokenizerFast:
         vocab_size (`int`, *optional*, defaults to 700):
             Size of the base vocabulary including the 3 special and 256 byte pieces (the added `<image>` and
             `<pad>` come on top). Must be larger than 300.
+        extra_corpus (`list[str]`, *optional*):
+            More training sentences (e.g. the synthetic dataset's vocabulary), so its words get whole pieces.
 
     Returns:
         `LlamaTokenizerFast`: the tokenizer; `<image>` has id `vocab_size`, `<pad>` id `vocab_size + 1`.
@@ -93,7 +95,7 @@ def build_tiny_tokenizer(vocab_size: int = 700) -> LlamaTokenizerFast:
         show_progress=False,
         special_tokens=[],
     )
-    trainer_tok.train_from_iterator(_corpus(), trainer=trainer)
+    trainer_tok.train_from_iterator(_corpus() + list(extra_corpus or []), trainer=trainer)
     trained = trainer_tok.get_vocab()
     pieces = sorted(trained, key=lambda piece: trained[piece])
     vocab = {piece: i for i, piece in enumerate(specials + byte_pieces)}

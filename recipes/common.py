@@ -247,3 +247,23 @@ def check_full_tensors(state_dict: dict) -> None:
             f"{len(empty)} tensors were saved empty (sharded weights not gathered), e.g. {empty[:5]}. Under ZeRO-3 set "
             "`zero3_save_16bit_model: true`; under FSDP use `fsdp_state_dict_type: FULL_STATE_DICT`."
         )
+
+
+def build_processor_from_towers(vision_path: str, text_path: str, *, image_size: int | None = None):
+    """The stage-1 processor: the text checkpoint's tokenizer (+ `<image>`, `<pad>`) and LLaVA-1.5 pad-to-square
+    preprocessing at the vision tower's resolution (336 px for ViT-L/14-336).
+
+    Args:
+        vision_path: CLIP vision checkpoint (folder or Hub id); its config gives image and patch size.
+        text_path: Llama/Vicuna checkpoint holding the tokenizer.
+        image_size: overrides the vision config's image size (the tower must support it).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from processing import SQLlavaProcessor
+
+    vision_config = AutoConfig.from_pretrained(vision_path)
+    vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP checkpoint works too
+    image_size = image_size or vision_config.image_size
+    tokenizer = AutoTokenizer.from_pretrained(text_path)
+    return SQLlavaProcessor.from_tokenizer(tokenizer, image_size=image_size, patch_size=vision_config.patch_size)

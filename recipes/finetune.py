@@ -78,6 +78,8 @@ def build_stage2_model(model_args: ModelArguments):
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args, export_args: ExportArguments) -> dict:
     """Run stage 2; returns the paths written (adapter folder, and merged folder when exported)."""
+    from transformers import set_seed
+
     from recipes.data import SkipStats
     from recipes.trainer import SQLlavaTrainer
 
@@ -88,6 +90,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
     if push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. you/sqllava-7b).")
 
+    # Seed before the model exists: LoRA A matrices (and a fresh projector) are initialised from the global RNG, and
+    # Trainer only seeds in its own __init__, after that.
+    set_seed(training_args.seed)
     model, processor = build_stage2_model(model_args)
     stats = SkipStats()
     train_dataset = load_training_data(data_args, seed=training_args.seed, strict=training_args.strict_data, stats=stats)

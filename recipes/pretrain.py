@@ -42,9 +42,9 @@ logger = logging.getLogger("sqllava.pretrain")
 def build_stage1_model(model_args: ModelArguments):
     """The untrained SQ-LLaVA and its processor, assembled from the two pretrained towers."""
     from modeling_sqllava import SQLlavaForConditionalGeneration
-    from processing import SQLlavaProcessor
+    from recipes.common import build_processor_from_towers
 
-    processor = SQLlavaProcessor.from_vision_text_pretrained(
+    processor = build_processor_from_towers(
         model_args.vision_tower_name_or_path, model_args.text_model_name_or_path, image_size=model_args.image_size
     )
     model = SQLlavaForConditionalGeneration.from_vision_text_pretrained(
@@ -117,11 +117,16 @@ def save_stage1(trainer, processor, lora_config, output_dir: str) -> None:
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args) -> str:
     """Run stage 1; returns the output folder."""
+    from transformers import set_seed
+
     from recipes.data import SkipStats
     from recipes.trainer import SQLlavaTrainer
 
     if training_args.stage != "pretrain":
         raise ValueError(f"stage={training_args.stage!r}: recipes/pretrain.py runs stage 'pretrain'.")
+    # Seed before the model exists: LoRA A matrices (and a fresh projector) are initialised from the global RNG, and
+    # Trainer only seeds in its own __init__, after that.
+    set_seed(training_args.seed)
     model, processor = build_stage1_model(model_args)
     model, lora_config = prepare_stage1_trainables(model, model_args)
 

@@ -149,36 +149,41 @@ def run(workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int
 
 def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict:
     """Load the exported folder as a Hub user would, score held-out answers, and let the model ask questions."""
-    import torch
-    from transformers import AutoProcessor
-
-    from recipes.evaluate import evaluate_model, load_model_for_inference
+    from recipes.evaluate import BENCHMARKS, evaluate_model, load_model_and_processor
     from recipes.self_question import self_question
 
-    model = load_model_for_inference(export_dir)  # AutoModelForImageTextToText(..., trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(export_dir, trust_remote_code=True)
+    # AutoModelForImageTextToText (AutoModelForVision2Seq on 4.x) + AutoProcessor, trust_remote_code=True.
+    model, processor = load_model_and_processor(export_dir, dtype="float32")
     with open(data["meta"], encoding="utf-8") as f:
         meta = json.load(f)
     answers_file = os.path.join(os.path.dirname(export_dir), "eval_answers.jsonl")
     if os.path.exists(answers_file):
-        os.remove(answers_file)
-    scores = evaluate_model(
+        os.remove(answers_file)  # a fresh score, not a resumed one
+    preset = BENCHMARKS["shapes"]
+    result = evaluate_model(
         model, processor, data["eval"], answers_file, image_folder=data["image_folder"], batch_size=16,
-        max_new_tokens=8, metric="exact_match",
+        max_new_tokens=8, answer_suffix=preset["answer_suffix"], metric=preset["metric"],
+        metric_kwargs=preset["metric_kwargs"], progress=False,
     )
     with open(data["eval"], encoding="utf-8") as f:
         first = json.loads(f.readline())
-    torch.manual_seed(seed)
+    with open(answers_file, encoding="utf-8") as f:
+        first_answer = next(json.loads(line) for line in f if json.loads(line)["question_id"] == first["question_id"])
     sq = self_question(
-        model, processor, os.path.join(data["image_folder"], first["image"]), num_questions=3, answer=True, seed=seed
+        model, processor, os.path.join(data["image_folder"], first["image"]), num_questions=3, answer=True,
+        seed=seed, max_new_tokens=32,
     )
     return {
-        "accuracy": scores["accuracy"],
+        "accuracy": result["scores"]["exact_match"],
         "chance_accuracy": meta["chance_accuracy"],
         "majority_accuracy": meta["majority_accuracy"],
         "num_questions": meta["num_questions"],
-        "example": {"image": first["image"], "question": first["text"], "expected": first["answer"]},
-        "self_questioning": sq.to_dict() if hasattr(sq, "to_dict") else sq,
+        "images_per_second": result["images_per_second"],
+        "example": {
+            "image": first["image"], "question": first["text"], "expected": first["answer"],
+            "answer": first_answer["text"],
+        },
+        "self_questioning": {"description": sq.description, "questions": sq.questions},
     }
 
 
@@ -197,8 +202,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nHeld-out answer accuracy: {acc:.3f} (chance {chance:.3f}, majority answer "
           f"{report['majority_accuracy']:.3f}) on {report['num_questions']} questions")
     ex = report["example"]
-    print(f"Example image {ex['image']}: Q: {ex['question']}  expected: {ex['expected']}")
-    print(json.dumps(report["self_questioning"], indent=2))
+    print(f"Held-out image {ex['image']}: Q: {ex['question']}  A: {ex['answer']}  (expected: {ex['expected']})")
+    sq = report["self_questioning"]
+    print(f"The model describes it: {sq['description']}")
+    for qa in sq["questions"]:
+        print(f"  it asks: {qa['question']}  and answers: {qa['answer']}")
     print("Timings (s):", report["timings_s"])
     if not math.isfinite(acc):
         raise SystemExit("accuracy is not finite")

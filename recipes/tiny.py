@@ -69,10 +69,12 @@ def tiny_model_config(
 
 
 def build_tiny_tokenizer():
-    """A Llama-style tokenizer (`<unk>`=0, `<s>`=1, `</s>`=2, plus `<image>` and `<pad>`) trained offline."""
+    """A Llama-style tokenizer (`<unk>`=0, `<s>`=1, `</s>`=2, plus `<image>` and `<pad>`) trained offline on the
+    chat prompts and the synthetic shapes vocabulary, so the embedded default's sentences take few tokens."""
     from processing.tiny_tokenizer import build_tiny_tokenizer as _build
+    from recipes.synthetic import corpus_sentences
 
-    return _build()
+    return _build(extra_corpus=corpus_sentences())
 
 
 def build_tiny_processor(tokenizer=None, *, image_size: int = TINY_VISION_CONFIG["image_size"]):

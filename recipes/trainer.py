@@ -122,6 +122,8 @@ class SelfQuestioningCollator:
         stats (`SkipStats`, *optional*):
             Where dropped samples are counted; a fresh `recipes.data.SkipStats` by default. With dataloader workers,
             each worker counts in its own copy: the per-sample log lines are the complete record.
+        return_sample_ids (`bool`, *optional*, defaults to `False`):
+            Add `sample_ids` (the ids of the kept records) to the batch, for auditing which rank trained on what.
 
     Example:
 
@@ -146,6 +148,7 @@ class SelfQuestioningCollator:
     padding_side: str = "right"
     system_prompt: str | None = None
     stats: Any = None
+    return_sample_ids: bool = False
     epoch: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -267,6 +270,7 @@ class SelfQuestioningCollator:
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences: list[tuple[list[int], list[int]]] = []
         batch_images: list[Any] = []
+        kept_ids: list[str] = []
         for record in records:
             encoded = self._encode(record)
             if encoded is None:
@@ -276,6 +280,7 @@ class SelfQuestioningCollator:
                 continue
             sequences.append(encoded)
             batch_images.extend(images)
+            kept_ids.append(str(record.get("id")))
 
         if not sequences:
             return self._empty_batch(len(records))
@@ -303,6 +308,8 @@ class SelfQuestioningCollator:
         }
         if batch_images:
             batch["pixel_values"] = self.processor.image_processor(batch_images, return_tensors="pt")["pixel_values"]
+        if self.return_sample_ids:
+            batch["sample_ids"] = kept_ids
         return batch
 
     def _empty_batch(self, num_records: int) -> dict[str, torch.Tensor]:
@@ -477,6 +484,10 @@ def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for ever
         )
         strict_data: bool = field(
             default=False, metadata={"help": "Raise on the first sample the collator would drop."}
+        )
+        log_sample_ids: bool = field(
+            default=False,
+            metadata={"help": "Write the ids each rank trained on to <output_dir>/sample_ids_rank<r>.json."},
         )
         audit_trainable: str = field(
             default="error",
@@ -687,6 +698,7 @@ def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for ever
                     pad_to_multiple_of=args.pad_to_multiple_of,
                     strict=args.strict_data,
                     stats=skip_stats,
+                    return_sample_ids=args.log_sample_ids,
                 )
             elif skip_stats is not None and hasattr(data_collator, "stats"):
                 data_collator.stats = skip_stats
@@ -704,6 +716,7 @@ def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for ever
             if hasattr(data_collator, "set_epoch"):
                 callbacks.append(_CollatorEpochCallback(data_collator))
             self._sq_step_saw_images = False
+            self._sq_sample_ids: list[str] = []
             super().__init__(
                 model=model,
                 args=args,
@@ -750,6 +763,17 @@ def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for ever
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             )
 
+        def train(self, *args, **kwargs):
+            result = super().train(*args, **kwargs)
+            if self.args.log_sample_ids:
+                import json
+
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                path = os.path.join(self.args.output_dir, f"sample_ids_rank{self.args.process_index}.json")
+                with open(path, "w") as f:
+                    json.dump(self._sq_sample_ids, f)
+            return result
+
         # ---- loss ----
 
         def _per_token_ce(self, model, inputs):
@@ -769,7 +793,9 @@ def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for ever
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             question_mask = inputs.get("question_mask")
-            model_inputs = {k: v for k, v in inputs.items() if k != "question_mask"}
+            if "sample_ids" in inputs and mode == "train":
+                self._sq_sample_ids.extend(inputs["sample_ids"])
+            model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids")}
             model_inputs["use_cache"] = False
             if model_inputs.get("pixel_values") is not None:
                 self._sq_step_saw_images = True

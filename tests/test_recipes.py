@@ -66,9 +66,11 @@ def _finetune(workdir, stage1_dir, output_dir, **overrides):
 
     args = _stage_args(
         finetune, "finetune.yaml",
-        model_name_or_path=stage1_dir, data_path=workdir["data"]["finetune"],
-        image_folder=workdir["data"]["image_folder"], output_dir=output_dir, export_dir="", report_to="none",
-        **overrides,
+        **{
+            "model_name_or_path": stage1_dir, "data_path": workdir["data"]["finetune"],
+            "image_folder": workdir["data"]["image_folder"], "output_dir": output_dir, "export_dir": "",
+            "report_to": "none", **overrides,
+        },
     )
     return finetune.main(*args)
 
@@ -78,9 +80,12 @@ def test_every_recipe_yaml_parses_into_the_dataclasses(config):
     from recipes import finetune, pretrain
 
     script = pretrain if os.path.basename(config) == "pretrain.yaml" else finetune
-    model_args, data_args, training_args, *rest = script.parse_args(["--config", config])
     with open(config) as f:
         raw = yaml.safe_load(f)
+    # The GPU recipes ask for bf16/tf32, which TrainingArguments refuses on a CPU-only machine: parse them as a GPU
+    # machine would, with only those two switched off here.
+    cpu = ["--bf16", "false", "--tf32", "false"] if raw.get("bf16") else []
+    model_args, data_args, training_args, *rest = script.parse_args(["--config", config, *cpu])
     assert training_args.stage == raw["stage"]
     assert training_args.learning_rate == pytest.approx(float(raw["learning_rate"]))
     assert data_args.data_path == raw["data_path"]
@@ -208,6 +213,7 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
     """`accelerate launch` with 2 CPU processes (gloo) == 1 process with gradient accumulation 2 (same global batch);
     the two ranks see different samples."""
     common = ["--max_steps", "3", "--logging_steps", "1", "--report_to", "none", "--sq_ratio", "0.5",
+              "--save_strategy", "steps", "--save_steps", "3",
               "--model_name_or_path", stage1_dir, "--data_path", workdir["data"]["finetune"],
               "--image_folder", workdir["data"]["image_folder"], "--export_dir", "", "--group_by_modality_length",
               "false", "--dataloader_drop_last", "true", "--log_sample_ids", "true"]
