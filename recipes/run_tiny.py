@@ -1,8 +1,10 @@
 """The embedded default: the whole SQ-LLaVA pipeline, offline, on a CPU, in minutes.
 
 1. generates the synthetic shapes dataset (LLaVA JSON + image folder, `recipes/synthetic.py`);
-2. builds two small towers and saves them like Hub checkpoints: a random CLIP vision tower, and a small Llama whose
-   language modelling is warmed up on the dataset's text (the stand-in for Vicuna being a pretrained LM);
+2. builds two small towers and saves them like Hub checkpoints: a CLIP vision tower warmed up to recognise the words
+   of the training captions in its images (the stand-in for CLIP's image-text pretraining: a random tower's layer -2
+   features barely beat the base rate of a linear probe for "is there a red object"), and a small Llama whose language
+   modelling is warmed up on the training text (the stand-in for Vicuna being a pretrained LM);
 3. stage 1 (`recipes/pretrain.py`, `recipes/configs/tiny/pretrain.yaml`): alignment on captions;
 4. stage 2 (`recipes/finetune.py`, `recipes/configs/tiny/finetune.yaml`): self-questioning instruction tuning with
    LLM-LoRA + ViT-LoRA, then export of a merged, verified, Hub-ready folder;
@@ -32,8 +34,13 @@ logger = logging.getLogger("sqllava.run_tiny")
 RECIPES_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def build_tiny_towers(out_dir: str, data_paths: dict[str, str], *, seed: int = 0, lm_steps: int = 300) -> dict[str, str]:
-    """Save a random tiny CLIP vision tower and a tiny Llama (LM-warmed on the dataset's text) as local checkpoints."""
+def build_tiny_towers(
+    out_dir: str, data_paths: dict[str, str], *, seed: int = 0, lm_steps: int = 300, vision_steps: int | None = None
+) -> dict[str, str]:
+    """Save a tiny CLIP vision tower and a tiny Llama, each briefly warmed up on the training split, as checkpoints.
+
+    `vision_steps` defaults to `lm_steps`; 0 keeps a tower at its random initialisation.
+    """
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
@@ -42,6 +49,7 @@ def build_tiny_towers(out_dir: str, data_paths: dict[str, str], *, seed: int = 0
     vision_dir, text_dir = os.path.join(out_dir, "clip-vision"), os.path.join(out_dir, "llama")
     torch.manual_seed(seed)
     vision = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION_CONFIG))
+    _warm_up_vision_tower(vision, data_paths, steps=lm_steps if vision_steps is None else vision_steps, seed=seed)
     vision.save_pretrained(vision_dir)
     size = TINY_VISION_CONFIG["image_size"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
@@ -58,6 +66,46 @@ def build_tiny_towers(out_dir: str, data_paths: dict[str, str], *, seed: int = 0
     llm.save_pretrained(text_dir)
     tokenizer.save_pretrained(text_dir)
     return {"vision": vision_dir, "text": text_dir}
+
+
+def _warm_up_vision_tower(vision, data_paths: dict[str, str], *, steps: int, seed: int, batch_size: int = 32) -> None:
+    """Train the tower to tell which caption words describe its image (multi-label, from the layer -2 patch features
+    SQ-LLaVA uses), on the stage-1 captions of the training split: image-text supervision, as CLIP's pretraining."""
+    if steps <= 0:
+        return
+    import re
+
+    import torch
+
+    from processing.processing_sqllava import build_image_processor
+    from recipes.data import load_image
+
+    with open(data_paths["pretrain"], encoding="utf-8") as f:
+        records = json.load(f)
+    captions = [r["conversations"][1]["value"].lower() for r in records]
+    vocabulary = sorted({w for c in captions for w in re.findall(r"[a-z]+", c)})
+    index = {w: i for i, w in enumerate(vocabulary)}
+    targets = torch.zeros(len(captions), len(vocabulary))
+    for row, caption in enumerate(captions):
+        targets[row, [index[w] for w in re.findall(r"[a-z]+", caption)]] = 1.0
+    image_processor = build_image_processor(vision.config.image_size)
+    paths = [os.path.join(data_paths["image_folder"], r["image"]) for r in records]
+    tokens = (vision.config.image_size // vision.config.patch_size) ** 2
+    head = torch.nn.Linear(tokens * vision.config.hidden_size, len(vocabulary))
+    optimizer = torch.optim.AdamW(list(vision.parameters()) + list(head.parameters()), lr=2e-3)
+    generator = torch.Generator().manual_seed(seed)
+    vision.train()
+    for step in range(steps):
+        idx = torch.randint(len(paths), (batch_size,), generator=generator).tolist()
+        pixels = image_processor([load_image(paths[i]) for i in idx], return_tensors="pt")["pixel_values"]
+        features = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(features.flatten(1)), targets[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("Vision warm-up step %d/%d: loss %.3f", step + 1, steps, loss.item())
+    vision.eval()
 
 
 def _lm_corpus(data_paths: dict[str, str]) -> list[str]:
@@ -99,50 +147,56 @@ def _stage_args(script, config: str, overrides: dict[str, object]):
     return script.parse_args(argv)
 
 
-def run(workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int, skip_existing: bool = True) -> dict:
-    from recipes import finetune, pretrain
+def run_stage1(towers: dict[str, str], data: dict[str, str], output_dir: str, **overrides) -> str:
+    """`recipes/pretrain.py` with `configs/tiny/pretrain.yaml` on the tiny towers; `overrides` are YAML keys."""
+    from recipes import pretrain
+
+    config = os.path.join(RECIPES_DIR, "configs", "tiny", "pretrain.yaml")
+    return pretrain.main(*_stage_args(pretrain, config, {
+        "vision_tower_name_or_path": towers["vision"], "text_model_name_or_path": towers["text"],
+        "data_path": data["pretrain"], "image_folder": data["image_folder"], "output_dir": output_dir, **overrides,
+    }))
+
+
+def run_stage2(stage1_dir: str, data: dict[str, str], output_dir: str, export_dir: str, **overrides) -> dict:
+    """`recipes/finetune.py` with `configs/tiny/finetune.yaml` from a stage-1 folder, exporting a merged model."""
+    from recipes import finetune
+
+    config = os.path.join(RECIPES_DIR, "configs", "tiny", "finetune.yaml")
+    return finetune.main(*_stage_args(finetune, config, {
+        "model_name_or_path": stage1_dir, "data_path": data["finetune"], "image_folder": data["image_folder"],
+        "output_dir": output_dir, "export_dir": export_dir, **overrides,
+    }))
+
+
+def run(workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int) -> dict:
     from recipes.synthetic import generate_shapes_dataset
 
     timings: dict[str, float] = {}
+    out = os.path.join(workdir, "outputs", "tiny")
     t0 = time.perf_counter()
-    data_dir = os.path.join(workdir, "data", "shapes")
-    data = generate_shapes_dataset(data_dir, num_train=num_train, num_eval=num_eval, seed=seed)
+    data = generate_shapes_dataset(os.path.join(workdir, "data", "shapes"), num_train=num_train, num_eval=num_eval,
+                                   seed=seed)
     timings["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    towers = build_tiny_towers(os.path.join(workdir, "outputs", "tiny", "towers"), data, seed=seed, lm_steps=lm_steps)
+    towers = build_tiny_towers(os.path.join(out, "towers"), data, seed=seed, lm_steps=lm_steps)
     timings["towers"] = time.perf_counter() - t0
 
-    stage1_dir = os.path.join(workdir, "outputs", "tiny", "pretrain")
-    stage2_dir = os.path.join(workdir, "outputs", "tiny", "finetune")
-    export_dir = os.path.join(workdir, "outputs", "tiny", "merged")
     t0 = time.perf_counter()
-    pretrain.main(*_stage_args(pretrain, os.path.join(RECIPES_DIR, "configs", "tiny", "pretrain.yaml"), {
-        "vision_tower_name_or_path": towers["vision"],
-        "text_model_name_or_path": towers["text"],
-        "data_path": data["pretrain"],
-        "image_folder": data["image_folder"],
-        "output_dir": stage1_dir,
-        "seed": seed,
-    }))
+    stage1_dir = run_stage1(towers, data, os.path.join(out, "pretrain"), seed=seed)
     timings["stage1"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    finetune.main(*_stage_args(finetune, os.path.join(RECIPES_DIR, "configs", "tiny", "finetune.yaml"), {
-        "model_name_or_path": stage1_dir,
-        "data_path": data["finetune"],
-        "image_folder": data["image_folder"],
-        "output_dir": stage2_dir,
-        "export_dir": export_dir,
-        "seed": seed,
-    }))
+    export_dir = os.path.join(out, "merged")
+    run_stage2(stage1_dir, data, os.path.join(out, "finetune"), export_dir, seed=seed)
     timings["stage2"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     report = evaluate_export(export_dir, data, seed=seed)
     timings["eval"] = time.perf_counter() - t0
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    with open(os.path.join(workdir, "outputs", "tiny", "report.json"), "w") as f:
+    with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
 

@@ -31,9 +31,21 @@ requires_llama_vocab = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def llama_tokenizer(_llama_tokenizer_loaded):
+    """The real Llama-2/Vicuna tokenizer (32,000 tokens), loaded offline from the GGUF vocabulary fixture.
+
+    A fresh copy per test module: several modules add `<image>`/`<pad>` to the tokenizer they get, which must not
+    leak into the next module (its vocabulary would already hold them).
+    """
+    import copy
+
+    return copy.deepcopy(_llama_tokenizer_loaded)
+
+
 @pytest.fixture(scope="session")
-def llama_tokenizer():
-    """The real Llama-2/Vicuna tokenizer (32,000 tokens), loaded offline from the GGUF vocabulary fixture."""
+def _llama_tokenizer_loaded():
+    # Loaded once: converting the GGUF vocabulary takes ~1 s on transformers 5.x and 30-90 s on 4.57.
     if not llama_vocab_available():
         pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
     pytest.importorskip("gguf")
