@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SETTINGS = {
@@ -45,9 +44,17 @@ def answer_accuracy(model, processor, data: dict[str, str], answers_file: str) -
     if os.path.exists(answers_file):
         os.remove(answers_file)
     result = evaluate_model(
-        model, processor, data["eval"], answers_file, image_folder=data["image_folder"], batch_size=32,
-        max_new_tokens=8, answer_suffix=preset["answer_suffix"], metric=preset["metric"],
-        metric_kwargs=preset["metric_kwargs"], progress=False,
+        model,
+        processor,
+        data["eval"],
+        answers_file,
+        image_folder=data["image_folder"],
+        batch_size=32,
+        max_new_tokens=8,
+        answer_suffix=preset["answer_suffix"],
+        metric=preset["metric"],
+        metric_kwargs=preset["metric_kwargs"],
+        progress=False,
     )
     return result["scores"]["exact_match"]
 
@@ -63,8 +70,15 @@ def question_quality(model, processor, data: dict[str, str], *, num_images: int,
     questions, grounded, well_formed = [], 0, 0
     for i, image in enumerate(images):
         result = self_question(
-            model, processor, os.path.join(data["image_folder"], image), num_questions=num_questions,
-            answer=False, seed=seed + i, max_new_tokens=24, describe_max_new_tokens=32, max_rounds=1,
+            model,
+            processor,
+            os.path.join(data["image_folder"], image),
+            num_questions=num_questions,
+            answer=False,
+            seed=seed + i,
+            max_new_tokens=24,
+            describe_max_new_tokens=32,
+            max_rounds=1,
         )
         scene = scene_of(image, scenes)
         for qa in result.questions:
@@ -90,8 +104,9 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.workdir, exist_ok=True)
-    data = generate_shapes_dataset(os.path.join(args.workdir, "data"), num_train=args.num_train,
-                                   num_eval=args.num_eval, seed=0)
+    data = generate_shapes_dataset(
+        os.path.join(args.workdir, "data"), num_train=args.num_train, num_eval=args.num_eval, seed=0
+    )
     with open(data["meta"], encoding="utf-8") as f:
         meta = json.load(f)
     budget = {"num_train_epochs": args.stage2_epochs}
@@ -100,32 +115,59 @@ def run(args) -> dict:
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        towers = build_tiny_towers(os.path.join(args.workdir, f"seed{seed}", "towers"), data, seed=seed,
-                                   lm_steps=args.lm_steps)
+        towers = build_tiny_towers(
+            os.path.join(args.workdir, f"seed{seed}", "towers"), data, seed=seed, lm_steps=args.lm_steps
+        )
         stage1 = {}
         for projector in ("mlp2x_gelu", "prototype"):
             stage1[projector] = run_stage1(
-                towers, data, os.path.join(args.workdir, f"seed{seed}", f"pretrain-{projector}"), seed=seed,
-                projector_type=projector, report_to="none",
+                towers,
+                data,
+                os.path.join(args.workdir, f"seed{seed}", f"pretrain-{projector}"),
+                seed=seed,
+                projector_type=projector,
+                report_to="none",
                 **({"max_steps": args.max_steps} if args.max_steps else {}),
             )
         for key in args.settings:
             setting = SETTINGS[key]
             out = os.path.join(args.workdir, f"seed{seed}", key)
-            run_stage2(stage1[setting["projector_type"]], data, os.path.join(out, "adapter"),
-                       os.path.join(out, "merged"), seed=seed, sq_ratio=setting["sq_ratio"], report_to="none",
-                       **budget)
+            run_stage2(
+                stage1[setting["projector_type"]],
+                data,
+                os.path.join(out, "adapter"),
+                os.path.join(out, "merged"),
+                seed=seed,
+                sq_ratio=setting["sq_ratio"],
+                report_to="none",
+                **budget,
+            )
             model, processor = load_model_and_processor(os.path.join(out, "merged"), dtype="float32")
-            row = {"setting": key, "seed": seed,
-                   "accuracy": answer_accuracy(model, processor, data, os.path.join(out, "answers.jsonl"))}
+            row = {
+                "setting": key,
+                "seed": seed,
+                "accuracy": answer_accuracy(model, processor, data, os.path.join(out, "answers.jsonl")),
+            }
             if setting["sq_ratio"] > 0:
-                row.update(question_quality(model, processor, data, num_images=args.question_images,
-                                            num_questions=args.num_questions, seed=seed))
+                row.update(
+                    question_quality(
+                        model,
+                        processor,
+                        data,
+                        num_images=args.question_images,
+                        num_questions=args.num_questions,
+                        seed=seed,
+                    )
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
         print(f"seed {seed} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    report = {"rows": rows, "chance_accuracy": meta["chance_accuracy"],
-              "uniform_chance_accuracy": meta["uniform_chance_accuracy"], "args": vars(args)}
+    report = {
+        "rows": rows,
+        "chance_accuracy": meta["chance_accuracy"],
+        "uniform_chance_accuracy": meta["uniform_chance_accuracy"],
+        "args": vars(args),
+    }
     with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
@@ -153,9 +195,11 @@ def table(report: dict) -> str:
         lines.append(f"| {setting['label']} | " + " | ".join(cells) + " |")
     n = len({r["seed"] for r in report["rows"]})
     lines.append("")
-    lines.append(f"Mean ± standard deviation over {n} seed(s). Chance (per-question-type majority answer): "
-                 f"{report['chance_accuracy']:.3f}; uniform over each type's answers: "
-                 f"{report['uniform_chance_accuracy']:.3f}.")
+    lines.append(
+        f"Mean ± standard deviation over {n} seed(s). Chance (per-question-type majority answer): "
+        f"{report['chance_accuracy']:.3f}; uniform over each type's answers: "
+        f"{report['uniform_chance_accuracy']:.3f}."
+    )
     return "\n".join(lines)
 
 

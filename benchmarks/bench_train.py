@@ -24,17 +24,29 @@ from pathlib import Path
 
 import torch
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 VISION_7B = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
-    patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
 )
 TEXT_7B = dict(
-    vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    vocab_size=32064,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
 )
 IMAGE_TOKEN_ID = 32000
 
@@ -44,21 +56,45 @@ def build_model(kind: str, projector_type: str, device: str = "cuda", smoke: boo
 
     vision, text = CLIPVisionConfig(**VISION_7B), LlamaConfig(**TEXT_7B)
     if smoke:  # same code paths at a CPU-sized width, to check the script itself before spending GPU time
-        vision = CLIPVisionConfig(**{**VISION_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-                                     "num_attention_heads": 4})
-        text = LlamaConfig(**{**TEXT_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                              "num_attention_heads": 4, "num_key_value_heads": 4})
+        vision = CLIPVisionConfig(
+            **{
+                **VISION_7B,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+            }
+        )
+        text = LlamaConfig(
+            **{
+                **TEXT_7B,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+            }
+        )
     if kind == "llava":
         from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-        config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
-                             vision_feature_layer=-2, vision_feature_select_strategy="default")
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=IMAGE_TOKEN_ID,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
         cls = LlavaForConditionalGeneration
     else:
         from modeling_sqllava import SQLlavaConfig, SQLlavaForConditionalGeneration
 
-        config = SQLlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                               image_token_id=IMAGE_TOKEN_ID, projector_type=projector_type)
+        config = SQLlavaConfig(
+            vision_config=vision.to_dict(),
+            text_config=text.to_dict(),
+            image_token_id=IMAGE_TOKEN_ID,
+            projector_type=projector_type,
+        )
         cls = SQLlavaForConditionalGeneration
     config._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
@@ -76,11 +112,21 @@ def add_lora(model, lora_dtype: str):
 
     from recipes.common import ModelArguments, apply_vision_lora_dropout, build_lora_config
 
-    args = ModelArguments(lora_r=128, lora_alpha=256, lora_dropout=0.05, vision_lora_r=32, vision_lora_alpha=64,
-                          vision_lora_dropout=0.2, lora_dtype=lora_dtype)
+    args = ModelArguments(
+        lora_r=128,
+        lora_alpha=256,
+        lora_dropout=0.05,
+        vision_lora_r=32,
+        vision_lora_alpha=64,
+        vision_lora_dropout=0.2,
+        lora_dtype=lora_dtype,
+    )
     model.requires_grad_(False)
-    model = get_peft_model(model, build_lora_config(args, modules_to_save=["multi_modal_projector"]),
-                           autocast_adapter_dtype=lora_dtype == "float32")
+    model = get_peft_model(
+        model,
+        build_lora_config(args, modules_to_save=["multi_modal_projector"]),
+        autocast_adapter_dtype=lora_dtype == "float32",
+    )
     apply_vision_lora_dropout(model, args.vision_lora_dropout)
     return model
 
@@ -94,13 +140,25 @@ def make_batch(batch: int, text_tokens: int, image_tokens: int, device):
     labels[:, 0] = -100
     pixel_values = torch.randn(batch, 3, 336, 336, generator=g)
     return {
-        "input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-        "pixel_values": pixel_values.to(device, torch.bfloat16), "labels": labels.to(device),
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": pixel_values.to(device, torch.bfloat16),
+        "labels": labels.to(device),
     }
 
 
-def run_config(kind: str, *, checkpointing: bool, lora_dtype: str, projector_type: str, batch: dict, warmup: int,
-               steps: int, device: str = "cuda", smoke: bool = False) -> dict:
+def run_config(
+    kind: str,
+    *,
+    checkpointing: bool,
+    lora_dtype: str,
+    projector_type: str,
+    batch: dict,
+    warmup: int,
+    steps: int,
+    device: str = "cuda",
+    smoke: bool = False,
+) -> dict:
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -126,9 +184,14 @@ def run_config(kind: str, *, checkpointing: bool, lora_dtype: str, projector_typ
             times.append(time.perf_counter() - t0)
     tokens = batch["input_ids"].numel()
     result = {
-        "model": kind, "checkpointing": checkpointing, "lora_dtype": lora_dtype, "projector": projector_type,
-        "step_s": statistics.median(times), "tokens_per_s": tokens / statistics.median(times),
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), "loss": float(loss),
+        "model": kind,
+        "checkpointing": checkpointing,
+        "lora_dtype": lora_dtype,
+        "projector": projector_type,
+        "step_s": statistics.median(times),
+        "tokens_per_s": tokens / statistics.median(times),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "loss": float(loss),
         "trainable_params": sum(p.numel() for p in params),
     }
     del model, optimizer, params, loss
@@ -160,13 +223,24 @@ def main(argv=None):
         plan += [("llava", False, "float32"), ("sqllava", False, "float32")]
     rows = []
     for kind, ckpt, lora_dtype in plan:
-        row = run_config(kind, checkpointing=ckpt, lora_dtype=lora_dtype, projector_type="prototype", batch=batch,
-                         warmup=args.warmup, steps=args.steps, device=device, smoke=args.smoke)
+        row = run_config(
+            kind,
+            checkpointing=ckpt,
+            lora_dtype=lora_dtype,
+            projector_type="prototype",
+            batch=batch,
+            warmup=args.warmup,
+            steps=args.steps,
+            device=device,
+            smoke=args.smoke,
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     def find(kind, ckpt, lora_dtype="float32"):
-        return next((r for r in rows if (r["model"], r["checkpointing"], r["lora_dtype"]) == (kind, ckpt, lora_dtype)), None)
+        return next(
+            (r for r in rows if (r["model"], r["checkpointing"], r["lora_dtype"]) == (kind, ckpt, lora_dtype)), None
+        )
 
     device_name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke)"
     print(f"\n{device_name} | torch {torch.__version__} | transformers {transformers.__version__}")
@@ -175,14 +249,24 @@ def main(argv=None):
     for r in rows:
         base = find("llava", r["checkpointing"])
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.3f}" if base and r is not base else "1 (baseline)"
-        label = (f"{'LLaVA-1.5' if r['model'] == 'llava' else 'SQ-LLaVA'} + PEFT, "
-                 f"{'checkpointing' if r['checkpointing'] else 'no checkpointing'}, adapters "
-                 f"{'fp32' if r['lora_dtype'] == 'float32' else 'bf16'}")
+        label = (
+            f"{'LLaVA-1.5' if r['model'] == 'llava' else 'SQ-LLaVA'} + PEFT, "
+            f"{'checkpointing' if r['checkpointing'] else 'no checkpointing'}, adapters "
+            f"{'fp32' if r['lora_dtype'] == 'float32' else 'bf16'}"
+        )
         print(f"| {label} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['peak_gib']:.1f} | {ratio} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "torch": torch.__version__,
-                       "transformers": transformers.__version__, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "device": device_name,
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
     return rows
 
 

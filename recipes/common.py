@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 logger = logging.getLogger(__name__)
 
 LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -196,8 +195,11 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     if resume_from_checkpoint in (True, "true", "True", "latest"):
         found = last_complete_checkpoint(output_dir)
         if found is None:
-            logger.warning("resume_from_checkpoint=%s but no complete checkpoint in %s: starting fresh.",
-                           resume_from_checkpoint, output_dir)
+            logger.warning(
+                "resume_from_checkpoint=%s but no complete checkpoint in %s: starting fresh.",
+                resume_from_checkpoint,
+                output_dir,
+            )
         return found
     if not os.path.isfile(os.path.join(str(resume_from_checkpoint), "trainer_state.json")):
         raise ValueError(
@@ -216,8 +218,9 @@ def load_training_data(data_args: DataArguments, *, seed: int, strict: bool, sta
         for path in data_args.data_path
     ]
     sources += [
-        load_hf_dataset(name, split=data_args.dataset_split, strict=strict, stats=stats,
-                        max_samples=data_args.max_samples)
+        load_hf_dataset(
+            name, split=data_args.dataset_split, strict=strict, stats=stats, max_samples=data_args.max_samples
+        )
         for name in data_args.dataset_name
     ]
     if len(sources) == 1 and not data_args.mixture_weights:
@@ -267,3 +270,33 @@ def build_processor_from_towers(vision_path: str, text_path: str, *, image_size:
     image_size = image_size or vision_config.image_size
     tokenizer = AutoTokenizer.from_pretrained(text_path)
     return SQLlavaProcessor.from_tokenizer(tokenizer, image_size=image_size, patch_size=vision_config.patch_size)
+
+
+def train(model, processor, data_args: DataArguments, training_args):
+    """Load the data, build `SQLlavaTrainer` and train (resuming when asked); returns `(trainer, train_result)`.
+
+    The same for both stages: the stage (`training_args.stage`) selects the collator's format.
+    """
+    from recipes.data import SkipStats
+    from recipes.trainer import SQLlavaTrainer
+
+    stats = SkipStats()
+    train_dataset = load_training_data(
+        data_args, seed=training_args.seed, strict=training_args.strict_data, stats=stats
+    )
+    trainer = SQLlavaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        skip_stats=stats,
+        group_by_modality_length=data_args.group_by_modality_length,
+    )
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    return trainer, trainer.train(resume_from_checkpoint=resume)
+
+
+def write_run_reports(trainer, train_result, output_dir: str) -> None:
+    """`train_results.json` and `skipped_samples.json` (bad records by reason) next to the saved model."""
+    write_json(os.path.join(output_dir, "train_results.json"), train_result.metrics)
+    write_json(os.path.join(output_dir, "skipped_samples.json"), trainer.skip_stats.as_dict())

@@ -24,20 +24,17 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python recipes/finetune.py` works
 
-from recipes.common import (  # noqa: E402
+from recipes.common import (
     DataArguments,
     ModelArguments,
     apply_vision_lora_dropout,
     build_lora_config,
     check_full_tensors,
-    load_training_data,
-    resolve_resume_checkpoint,
-    write_json,
+    train,
+    write_run_reports,
 )
-
 
 logger = logging.getLogger("sqllava.finetune")
 
@@ -47,7 +44,8 @@ class ExportArguments:
     """What happens after training: a merged, verified, Hub-ready folder, optionally pushed."""
 
     export_dir: str | None = field(
-        default=None, metadata={"help": "Write the merged model here (default with --push_to_hub: <output_dir>/merged)."}
+        default=None,
+        metadata={"help": "Write the merged model here (default with --push_to_hub: <output_dir>/merged)."},
     )
     export_dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float16 or float32."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
@@ -64,7 +62,9 @@ def build_stage2_model(model_args: ModelArguments):
         raise ValueError("model_name_or_path is required in stage 2: the folder written by recipes/pretrain.py.")
     processor = SQLlavaProcessor.from_pretrained(model_args.model_name_or_path)
     model = SQLlavaForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path, dtype=model_args.torch_dtype(), attn_implementation=model_args.attn_implementation
+        model_args.model_name_or_path,
+        dtype=model_args.torch_dtype(),
+        attn_implementation=model_args.attn_implementation,
     )
     model.requires_grad_(False)
     lora_config = build_lora_config(model_args, modules_to_save=["multi_modal_projector"])
@@ -80,9 +80,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
     """Run stage 2; returns the paths written (adapter folder, and merged folder when exported)."""
     from transformers import set_seed
 
-    from recipes.data import SkipStats
-    from recipes.trainer import SQLlavaTrainer
-
     if training_args.stage != "finetune":
         raise ValueError(f"stage={training_args.stage!r}: recipes/finetune.py runs stage 'finetune'.")
     # The Trainer would push raw checkpoints (adapters) to the Hub; SQ-LLaVA publishes the merged model instead.
@@ -94,18 +91,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
     # Trainer only seeds in its own __init__, after that.
     set_seed(training_args.seed)
     model, processor = build_stage2_model(model_args)
-    stats = SkipStats()
-    train_dataset = load_training_data(data_args, seed=training_args.seed, strict=training_args.strict_data, stats=stats)
-    trainer = SQLlavaTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        skip_stats=stats,
-        group_by_modality_length=data_args.group_by_modality_length,
-    )
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer, result = train(model, processor, data_args, training_args)
 
     # Trainer.save_model gathers ZeRO-3 / FSDP shards before PEFT writes the adapter (+ projector) weights.
     trainer.save_model(training_args.output_dir)
@@ -114,8 +100,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
         return outputs
     processor.save_pretrained(training_args.output_dir)
     _check_saved_adapter(training_args.output_dir)
-    write_json(os.path.join(training_args.output_dir, "train_results.json"), result.metrics)
-    write_json(os.path.join(training_args.output_dir, "skipped_samples.json"), trainer.skip_stats.as_dict())
+    write_run_reports(trainer, result, training_args.output_dir)
 
     export_dir = export_args.export_dir or (os.path.join(training_args.output_dir, "merged") if push_to_hub else None)
     if export_dir:
@@ -135,7 +120,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
         from hub_upload.push import push_folder
 
         outputs["commit"] = push_folder(
-            export_dir, training_args.hub_model_id, private=export_args.hub_private,
+            export_dir,
+            training_args.hub_model_id,
+            private=export_args.hub_private,
             revision=training_args.hub_revision if hasattr(training_args, "hub_revision") else None,
             token=training_args.hub_token,
         )

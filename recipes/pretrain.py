@@ -22,19 +22,16 @@ import logging
 import os
 import sys
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python recipes/pretrain.py` works
 
-from recipes.common import (  # noqa: E402
+from recipes.common import (
     DataArguments,
     ModelArguments,
     build_lora_config,
     gathered_state_dict,
-    load_training_data,
-    resolve_resume_checkpoint,
-    write_json,
+    train,
+    write_run_reports,
 )
-
 
 logger = logging.getLogger("sqllava.pretrain")
 
@@ -119,9 +116,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     """Run stage 1; returns the output folder."""
     from transformers import set_seed
 
-    from recipes.data import SkipStats
-    from recipes.trainer import SQLlavaTrainer
-
     if training_args.stage != "pretrain":
         raise ValueError(f"stage={training_args.stage!r}: recipes/pretrain.py runs stage 'pretrain'.")
     # Seed before the model exists: LoRA A matrices (and a fresh projector) are initialised from the global RNG, and
@@ -130,22 +124,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     model, processor = build_stage1_model(model_args)
     model, lora_config = prepare_stage1_trainables(model, model_args)
 
-    stats = SkipStats()
-    train_dataset = load_training_data(data_args, seed=training_args.seed, strict=training_args.strict_data, stats=stats)
-    trainer = SQLlavaTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        skip_stats=stats,
-        group_by_modality_length=data_args.group_by_modality_length,
-    )
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer, result = train(model, processor, data_args, training_args)
     save_stage1(trainer, processor, lora_config, training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        write_json(os.path.join(training_args.output_dir, "train_results.json"), result.metrics)
-        write_json(os.path.join(training_args.output_dir, "skipped_samples.json"), trainer.skip_stats.as_dict())
+        write_run_reports(trainer, result, training_args.output_dir)
     return training_args.output_dir
 
 

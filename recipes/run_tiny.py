@@ -27,7 +27,6 @@ import os
 import sys
 import time
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 logger = logging.getLogger("sqllava.run_tiny")
@@ -58,7 +57,10 @@ def build_tiny_towers(
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        **TINY_TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
+        **TINY_TEXT_CONFIG,
+        vocab_size=len(tokenizer),
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=tokenizer.pad_token_id,
     )
     llm = LlamaForCausalLM(config)
@@ -152,10 +154,20 @@ def run_stage1(towers: dict[str, str], data: dict[str, str], output_dir: str, **
     from recipes import pretrain
 
     config = os.path.join(RECIPES_DIR, "configs", "tiny", "pretrain.yaml")
-    return pretrain.main(*_stage_args(pretrain, config, {
-        "vision_tower_name_or_path": towers["vision"], "text_model_name_or_path": towers["text"],
-        "data_path": data["pretrain"], "image_folder": data["image_folder"], "output_dir": output_dir, **overrides,
-    }))
+    return pretrain.main(
+        *_stage_args(
+            pretrain,
+            config,
+            {
+                "vision_tower_name_or_path": towers["vision"],
+                "text_model_name_or_path": towers["text"],
+                "data_path": data["pretrain"],
+                "image_folder": data["image_folder"],
+                "output_dir": output_dir,
+                **overrides,
+            },
+        )
+    )
 
 
 def run_stage2(stage1_dir: str, data: dict[str, str], output_dir: str, export_dir: str, **overrides) -> dict:
@@ -163,20 +175,33 @@ def run_stage2(stage1_dir: str, data: dict[str, str], output_dir: str, export_di
     from recipes import finetune
 
     config = os.path.join(RECIPES_DIR, "configs", "tiny", "finetune.yaml")
-    return finetune.main(*_stage_args(finetune, config, {
-        "model_name_or_path": stage1_dir, "data_path": data["finetune"], "image_folder": data["image_folder"],
-        "output_dir": output_dir, "export_dir": export_dir, **overrides,
-    }))
+    return finetune.main(
+        *_stage_args(
+            finetune,
+            config,
+            {
+                "model_name_or_path": stage1_dir,
+                "data_path": data["finetune"],
+                "image_folder": data["image_folder"],
+                "output_dir": output_dir,
+                "export_dir": export_dir,
+                **overrides,
+            },
+        )
+    )
 
 
-def run(workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int) -> dict:
+def run(
+    workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int, stage2_epochs: float | None = None
+) -> dict:
     from recipes.synthetic import generate_shapes_dataset
 
     timings: dict[str, float] = {}
     out = os.path.join(workdir, "outputs", "tiny")
     t0 = time.perf_counter()
-    data = generate_shapes_dataset(os.path.join(workdir, "data", "shapes"), num_train=num_train, num_eval=num_eval,
-                                   seed=seed)
+    data = generate_shapes_dataset(
+        os.path.join(workdir, "data", "shapes"), num_train=num_train, num_eval=num_eval, seed=seed
+    )
     timings["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -189,7 +214,8 @@ def run(workdir: str, *, num_train: int, num_eval: int, seed: int, lm_steps: int
 
     t0 = time.perf_counter()
     export_dir = os.path.join(out, "merged")
-    run_stage2(stage1_dir, data, os.path.join(out, "finetune"), export_dir, seed=seed)
+    budget = {} if stage2_epochs is None else {"num_train_epochs": stage2_epochs}
+    run_stage2(stage1_dir, data, os.path.join(out, "finetune"), export_dir, seed=seed, **budget)
     timings["stage2"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -215,17 +241,30 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
         os.remove(answers_file)  # a fresh score, not a resumed one
     preset = BENCHMARKS["shapes"]
     result = evaluate_model(
-        model, processor, data["eval"], answers_file, image_folder=data["image_folder"], batch_size=16,
-        max_new_tokens=8, answer_suffix=preset["answer_suffix"], metric=preset["metric"],
-        metric_kwargs=preset["metric_kwargs"], progress=False,
+        model,
+        processor,
+        data["eval"],
+        answers_file,
+        image_folder=data["image_folder"],
+        batch_size=16,
+        max_new_tokens=8,
+        answer_suffix=preset["answer_suffix"],
+        metric=preset["metric"],
+        metric_kwargs=preset["metric_kwargs"],
+        progress=False,
     )
     with open(data["eval"], encoding="utf-8") as f:
         first = json.loads(f.readline())
     with open(answers_file, encoding="utf-8") as f:
         first_answer = next(json.loads(line) for line in f if json.loads(line)["question_id"] == first["question_id"])
     sq = self_question(
-        model, processor, os.path.join(data["image_folder"], first["image"]), num_questions=3, answer=True,
-        seed=seed, max_new_tokens=32,
+        model,
+        processor,
+        os.path.join(data["image_folder"], first["image"]),
+        num_questions=3,
+        answer=True,
+        seed=seed,
+        max_new_tokens=32,
     )
     return {
         "accuracy": result["scores"]["exact_match"],
@@ -234,7 +273,9 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
         "num_questions": meta["num_questions"],
         "images_per_second": result["images_per_second"],
         "example": {
-            "image": first["image"], "question": first["text"], "expected": first["answer"],
+            "image": first["image"],
+            "question": first["text"],
+            "expected": first["answer"],
             "answer": first_answer["text"],
         },
         "self_questioning": {"description": sq.description, "questions": sq.questions},
@@ -248,13 +289,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-eval", type=int, default=100)
     parser.add_argument("--lm-steps", type=int, default=300, help="LM warm-up steps of the tiny Llama")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage2-epochs", type=float, default=None, help="override configs/tiny/finetune.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(os.path.abspath(args.workdir), num_train=args.num_train, num_eval=args.num_eval, seed=args.seed,
-                 lm_steps=args.lm_steps)
+    report = run(
+        os.path.abspath(args.workdir),
+        num_train=args.num_train,
+        num_eval=args.num_eval,
+        seed=args.seed,
+        lm_steps=args.lm_steps,
+        stage2_epochs=args.stage2_epochs,
+    )
     acc, chance = report["accuracy"], report["chance_accuracy"]
-    print(f"\nHeld-out answer accuracy: {acc:.3f} (chance {chance:.3f}, majority answer "
-          f"{report['majority_accuracy']:.3f}) on {report['num_questions']} questions")
+    print(
+        f"\nHeld-out answer accuracy: {acc:.3f} (chance {chance:.3f}, majority answer "
+        f"{report['majority_accuracy']:.3f}) on {report['num_questions']} questions"
+    )
     ex = report["example"]
     print(f"Held-out image {ex['image']}: Q: {ex['question']}  A: {ex['answer']}  (expected: {ex['expected']})")
     sq = report["self_questioning"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # 56 px / patch 14 -> 16 image tokens; 6 prototypes do not divide 16, so AdaptiveAvgPool windows overlap as at 576 -> 256.
 TINY_VISION_CONFIG: dict[str, Any] = {
     "hidden_size": 32,
@@ -57,7 +56,9 @@ def tiny_model_config(
 
     image_token_id = vocab_size - 2 if image_token_id is None else image_token_id
     pad_token_id = vocab_size - 1 if pad_token_id is None else pad_token_id
-    text_config = dict(TINY_TEXT_CONFIG, vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=1, eos_token_id=2)
+    text_config = dict(
+        TINY_TEXT_CONFIG, vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=1, eos_token_id=2
+    )
     return SQLlavaConfig(
         vision_config=dict(TINY_VISION_CONFIG),
         text_config=text_config,

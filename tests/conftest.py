@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = Path(os.environ.get("SQLLAVA_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 LLAMA_GGUF = "llama-spm-vocab.gguf"

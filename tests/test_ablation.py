@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-
 pytest.importorskip("trl")
 
 
