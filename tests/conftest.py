@@ -7,6 +7,7 @@ by `SQLLAVA_FIXTURES`); tests that need it skip with the reason when it is absen
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,22 @@ LLAMA_GGUF = "llama-spm-vocab.gguf"
 
 # Two CPU cores are shared by everything on CI: one intra-op thread per test process avoids oversubscription.
 torch.set_num_threads(1)
+
+
+def other_transformers_python() -> str | None:
+    """The interpreter of the *other* supported transformers environment (4.57 when this one runs 5.x, and the
+    reverse), for cross-version tests: `$SQLLAVA_OTHER_PYTHON` (CI sets it), else the repository's `.venv457` /
+    `.venv`. None when absent or when it is this very environment."""
+    import transformers
+
+    if os.environ.get("SQLLAVA_OTHER_PYTHON"):
+        python = Path(os.environ["SQLLAVA_OTHER_PYTHON"])
+    else:
+        python = REPO_ROOT / (".venv457" if int(transformers.__version__.split(".")[0]) >= 5 else ".venv") / "bin" / "python"
+    # Compare environments, not interpreters: venv pythons are symlinks to the same base interpreter.
+    if not python.is_file() or os.path.abspath(python.parent.parent) == os.path.abspath(sys.prefix):
+        return None
+    return str(python)
 
 
 def llama_vocab_available() -> bool:

@@ -25,10 +25,12 @@ from hub_upload.export import (
     verify_export_folder,
 )
 
+from tests.conftest import other_transformers_python  # noqa: E402
+
 peft = pytest.importorskip("peft")
 torch.set_num_threads(1)
 
-VENV457_PYTHON = Path(__file__).resolve().parents[1] / ".venv457" / "bin" / "python"
+OTHER_PYTHON = other_transformers_python()
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -194,7 +196,7 @@ def test_bad_arguments_are_named(training_output, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not VENV457_PYTHON.is_file(), reason=f"no transformers 4.57 environment at {VENV457_PYTHON}")
+@pytest.mark.skipif(OTHER_PYTHON is None, reason="no other transformers environment; set SQLLAVA_OTHER_PYTHON")
 def test_export_loads_with_remote_code_under_transformers_4(float32_export, training_output):
     """The folder written here (transformers 5.x) loads with trust_remote_code under 4.57 with the same logits."""
     from modeling_sqllava import SQLlavaConfig
@@ -202,7 +204,7 @@ def test_export_loads_with_remote_code_under_transformers_4(float32_export, trai
     output, _ = float32_export
     inputs = fixed_verification_inputs(SQLlavaConfig.from_pretrained(output))
     reference = compute_logits(training_output["peft_model"], inputs)
-    report = verify_export_folder(output, inputs, reference, dtype="float32", python_executable=str(VENV457_PYTHON))
+    report = verify_export_folder(output, inputs, reference, dtype="float32", python_executable=OTHER_PYTHON)
     assert report["loaded_with"]["transformers"].startswith("4.57")
     assert report["max_relative_error"] < 1e-4
 

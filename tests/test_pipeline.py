@@ -15,17 +15,13 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, other_transformers_python
 
 
 def _pythons() -> list[str]:
-    found = [sys.executable]
-    for venv in (".venv", ".venv457"):
-        python = REPO_ROOT / venv / "bin" / "python"
-        # Compare environments, not interpreters: venv pythons are symlinks to the same base interpreter.
-        if python.is_file() and os.path.abspath(REPO_ROOT / venv) != os.path.abspath(sys.prefix):
-            found.append(str(python))
-    return found
+    """This interpreter and the other transformers environment, when present (`conftest.other_transformers_python`)."""
+    other = other_transformers_python()
+    return [sys.executable] + ([other] if other else [])
 
 
 @pytest.fixture(scope="module")

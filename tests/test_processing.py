@@ -29,7 +29,7 @@ from processing import (
     build_image_processor,
     render_conversation,
 )
-from tests.conftest import FIXTURES_DIR, LLAMA_GGUF, REPO_ROOT, requires_llama_vocab
+from tests.conftest import FIXTURES_DIR, LLAMA_GGUF, REPO_ROOT, other_transformers_python, requires_llama_vocab
 
 
 SYS = LLAVA_SYSTEM_PROMPT
@@ -504,14 +504,9 @@ def test_decode_round_trips(tiny_processor):
 
 
 def _pythons() -> list[str]:
-    """This interpreter and the repository's other transformers environment, when present."""
-    found = [sys.executable]
-    for venv in (".venv", ".venv457"):
-        python = REPO_ROOT / venv / "bin" / "python"
-        # Compare environments, not interpreters: venv pythons are symlinks to the same base interpreter.
-        if python.is_file() and os.path.abspath(REPO_ROOT / venv) != os.path.abspath(sys.prefix):
-            found.append(str(python))
-    return found
+    """This interpreter and the other transformers environment, when present (`conftest.other_transformers_python`)."""
+    other = other_transformers_python()
+    return [sys.executable] + ([other] if other else [])
 
 
 _LOAD_SCRIPT = """
