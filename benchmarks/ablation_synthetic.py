@@ -38,6 +38,7 @@ SETTINGS = {
 
 
 def answer_accuracy(model, processor, data: dict[str, str], answers_file: str) -> float:
+    from processing.processing_sqllava import SQ_SYSTEM_PROMPT
     from recipes.evaluate import BENCHMARKS, evaluate_model
 
     preset = BENCHMARKS["shapes"]
@@ -55,6 +56,8 @@ def answer_accuracy(model, processor, data: dict[str, str], answers_file: str) -
         metric=preset["metric"],
         metric_kwargs=preset["metric_kwargs"],
         progress=False,
+        # Every setting trains stage 2 with the SQ system prompt (recipes/run_tiny.py explains why it answers with it).
+        system_prompt=SQ_SYSTEM_PROMPT,
     )
     return result["scores"]["exact_match"]
 
@@ -98,14 +101,15 @@ def run(args) -> dict:
     import torch
 
     from recipes.evaluate import load_model_and_processor
-    from recipes.run_tiny import build_tiny_towers, run_stage1, run_stage2
+    from recipes.run_tiny import SHAPES_IMAGE_SIZE, build_tiny_towers, run_stage1, run_stage2
     from recipes.synthetic import generate_shapes_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.workdir, exist_ok=True)
     data = generate_shapes_dataset(
-        os.path.join(args.workdir, "data"), num_train=args.num_train, num_eval=args.num_eval, seed=0
+        os.path.join(args.workdir, "data"), num_train=args.num_train, num_eval=args.num_eval, seed=0,
+        image_size=SHAPES_IMAGE_SIZE,
     )
     with open(data["meta"], encoding="utf-8") as f:
         meta = json.load(f)
@@ -210,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-eval", type=int, default=100)
-    parser.add_argument("--lm-steps", type=int, default=300)
+    parser.add_argument("--lm-steps", type=int, default=800)
     parser.add_argument("--stage2-epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=0, help="cap both stages at this many steps (smoke runs)")
     parser.add_argument("--question-images", type=int, default=20)

@@ -82,7 +82,9 @@ CHAT_TEMPLATE = r"""{#- SQ-LLaVA chat template: the Vicuna-v1 prompt format of L
 chat mode:  SYSTEM + " " then "USER: " + q + " ", "ASSISTANT: " + a + "</s>", "VUSER: " + q + "</s>" + " ".
 plain mode: "<image>" + caption + "\n" (stage-1 alignment pre-training: no system prompt, no roles).
 Variables: add_generation_prompt, generation_role ("assistant" or "vuser"), system_prompt, mode ("chat" or "plain").
-Answers and vuser questions, each with its closing "</s>", are wrapped in generation blocks: the trained spans. -#}
+Answers and vuser questions, each with the space after its role tag and its closing "</s>", are wrapped in
+generation blocks: the trained spans. The space is trained because generation starts right after "ROLE:" and must
+produce it (LLaVA's label arithmetic trains it too: a standalone "▁" token before a digit answer is labelled). -#}
 {%- set llava_system_prompt = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions." -%}
 {%- set sq_system_prompt = llava_system_prompt + "Also, the artificial intelligence assistant is a curious virtual user. The virtual user asks complex questions that are relevant to the content in the image, for example, asking about background knowledge of the objects in the image, asking to discuss about events happening in the image, etc. Again, do not ask about uncertain details." -%}
 {%- set gen_role = generation_role if generation_role is defined and generation_role else "assistant" -%}
@@ -130,9 +132,9 @@ Answers and vuser questions, each with its closing "</s>", are wrapped in genera
 {%- if message["role"] == "user" -%}
 {{- "USER: " + render_content(message["content"]) + " " -}}
 {%- elif message["role"] == "assistant" -%}
-{{- "ASSISTANT: " -}}{%- generation -%}{{- render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}
+{{- "ASSISTANT:" -}}{%- generation -%}{{- " " + render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}
 {%- elif message["role"] == "vuser" -%}
-{{- "VUSER: " -}}{%- generation -%}{{- render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}{{- " " -}}
+{{- "VUSER:" -}}{%- generation -%}{{- " " + render_content(message["content"]) + "</s>" -}}{%- endgeneration -%}{{- " " -}}
 {%- elif message["role"] == "system" -%}
 {{- raise_exception("A system message is only allowed as the first message.") -}}
 {%- else -%}
@@ -404,11 +406,12 @@ def render_conversation(
         if role == "user":
             emit("USER: " + text + " ")
         elif role == "assistant":
-            emit("ASSISTANT: ")
-            emit(text + "</s>", ROLE_ANSWER)
+            # The space after the tag is trained: generation starts right after "ASSISTANT:" and must produce it.
+            emit("ASSISTANT:")
+            emit(" " + text + "</s>", ROLE_ANSWER)
         else:
-            emit("VUSER: ")
-            emit(text + "</s>", ROLE_QUESTION)
+            emit("VUSER:")
+            emit(" " + text + "</s>", ROLE_QUESTION)
             emit(" ")
     if add_generation_prompt:
         emit(ROLE_TAGS[generation_role] + ":")

@@ -385,10 +385,18 @@ def test_llama_vocab_sq_spans_decode_to_expected_strings(llama_processor):
     assert [is_q for _, is_q in spans] == kinds
 
 
-def test_llama_vocab_sq_ratio_zero_equals_llava_v15_labels(llama_processor):
-    """sq_ratio=0 gives exactly LLaVA-1.5's preprocess_v1 input ids and labels (same system prompt), token for token."""
+@pytest.mark.parametrize(
+    "turns",
+    [CONVERSATION, [("How many circles are there?", "2"), ("And squares?", "3 squares.")]],
+    ids=["words", "digits"],
+)
+def test_llama_vocab_sq_ratio_zero_equals_llava_v15_labels(llama_processor, turns):
+    """sq_ratio=0 gives exactly LLaVA-1.5's preprocess_v1 input ids and labels (same system prompt), token for token.
+
+    Digit answers matter: Llama splits " 2" into a standalone "▁" and "2", and LLaVA labels that "▁" (generation
+    starts right after "ASSISTANT:" and must produce it)."""
     tokenizer = llama_processor.tokenizer
-    record = make_record()
+    record = make_record(turns=turns)
     collator, batch = collate(llama_processor, [record], sq_ratio=0.0, pad_to_multiple_of=None)
     ids, labels = llava_v1_labels(record["messages"], collator.system_prompt, tokenizer, -200)
     assert any(label != IGNORE_INDEX for label in labels), "the reference itself reported a tokenization mismatch"

@@ -24,11 +24,11 @@ ACCELERATE_CONFIGS = sorted(glob.glob(str(REPO_ROOT / "recipes" / "accelerate" /
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Synthetic data + the two tiny towers saved as local checkpoints (as `recipes/run_tiny.py` makes them)."""
-    from recipes.run_tiny import build_tiny_towers
+    from recipes.run_tiny import SHAPES_IMAGE_SIZE, build_tiny_towers
     from recipes.synthetic import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("tiny")
-    data = generate_shapes_dataset(root / "data", num_train=48, num_eval=8, seed=0)
+    data = generate_shapes_dataset(root / "data", num_train=48, num_eval=8, seed=0, image_size=SHAPES_IMAGE_SIZE)
     towers = build_tiny_towers(str(root / "towers"), data, seed=0, lm_steps=2)
     return {"root": root, "data": data, "towers": towers}
 
