@@ -39,26 +39,10 @@ SETTINGS = {
 
 def answer_accuracy(model, processor, data: dict[str, str], answers_file: str) -> float:
     from processing.processing_sqllava import SQ_SYSTEM_PROMPT
-    from recipes.evaluate import BENCHMARKS, evaluate_model
+    from recipes.run_tiny import shapes_accuracy
 
-    preset = BENCHMARKS["shapes"]
-    if os.path.exists(answers_file):
-        os.remove(answers_file)
-    result = evaluate_model(
-        model,
-        processor,
-        data["eval"],
-        answers_file,
-        image_folder=data["image_folder"],
-        batch_size=32,
-        max_new_tokens=8,
-        answer_suffix=preset["answer_suffix"],
-        metric=preset["metric"],
-        metric_kwargs=preset["metric_kwargs"],
-        progress=False,
-        # Every setting trains stage 2 with the SQ system prompt (recipes/run_tiny.py explains why it answers with it).
-        system_prompt=SQ_SYSTEM_PROMPT,
-    )
+    # Every setting trains stage 2 with the SQ system prompt (recipes/run_tiny.py explains why it answers with it).
+    result = shapes_accuracy(model, processor, data, answers_file, system_prompt=SQ_SYSTEM_PROMPT, batch_size=32)
     return result["scores"]["exact_match"]
 
 
@@ -108,7 +92,10 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     os.makedirs(args.workdir, exist_ok=True)
     data = generate_shapes_dataset(
-        os.path.join(args.workdir, "data"), num_train=args.num_train, num_eval=args.num_eval, seed=0,
+        os.path.join(args.workdir, "data"),
+        num_train=args.num_train,
+        num_eval=args.num_eval,
+        seed=0,
         image_size=SHAPES_IMAGE_SIZE,
     )
     with open(data["meta"], encoding="utf-8") as f:

@@ -324,7 +324,11 @@ def estimate_length(messages: Sequence[Mapping[str, Any]], num_images: int) -> i
 
 def modality_length(messages: Sequence[Mapping[str, Any]], num_images: int) -> int:
     """`estimate_length`, negated for text-only samples (LLaVA's `modality_lengths` convention); never 0."""
-    length = max(1, estimate_length(messages, num_images))
+    return _signed_length(estimate_length(messages, num_images), num_images)
+
+
+def _signed_length(length: int, num_images: int) -> int:
+    length = max(1, length)
     return length if num_images else -length
 
 
@@ -338,7 +342,29 @@ def _alternating_roles(n: int) -> tuple[str, ...]:
     return tuple("user" if i % 2 == 0 else "assistant" for i in range(n))
 
 
-class ConversationDataset(Dataset):
+class _LengthGroupedDataset(Dataset):
+    """What the length-grouped sampler and the logs read from a loaded dataset (set by the subclass's loader)."""
+
+    name: str
+    skip_stats: SkipStats
+    _lengths: list[int]
+    _modality_lengths: list[int]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Estimated length per sample (words + 128 per image), for `group_by_length`."""
+        return list(self._lengths)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Like `lengths` but negative for text-only samples, for `get_modality_length_grouped_indices`."""
+        return list(self._modality_lengths)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, num_samples={len(self)}, skipped={self.skip_stats.total})"
+
+
+class ConversationDataset(_LengthGroupedDataset):
     """List-backed dataset of canonical records, stored compactly (tuples of strings) and rebuilt per access.
 
     Args:
@@ -368,10 +394,10 @@ class ConversationDataset(Dataset):
         self._images.append(tuple(images))
         self._roles.append(None if roles == _alternating_roles(len(roles)) else roles)
         self._contents.append(contents)
-        # Inlined `estimate_length` / `modality_length` (one split per turn): this loop runs 665K times.
+        # Inlined `estimate_length` (the contents are already a tuple of strings): this loop runs 665K times.
         length = sum(len(c.split()) for c in contents) + IMAGE_LENGTH_ESTIMATE * len(images)
         self._lengths.append(length)
-        self._modality_lengths.append(max(1, length) if images else -max(1, length))
+        self._modality_lengths.append(_signed_length(length, len(images)))
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -393,19 +419,6 @@ class ConversationDataset(Dataset):
     @property
     def ids(self) -> list[str]:
         return list(self._ids)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Estimated length per sample (words + 128 per image), for `group_by_length`."""
-        return list(self._lengths)
-
-    @property
-    def modality_lengths(self) -> list[int]:
-        """Like `lengths` but negative for text-only samples, for `get_modality_length_grouped_indices`."""
-        return list(self._modality_lengths)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, num_samples={len(self)}, skipped={self.skip_stats.total})"
 
 
 class _FileIndex:
@@ -566,7 +579,7 @@ def _verify_image(path: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class HFConversationDataset(Dataset):
+class HFConversationDataset(_LengthGroupedDataset):
     """Canonical view of a `datasets.Dataset` with `images` (or `image`) and `messages` columns.
 
     Validation and length estimates read only the `messages` column and the number of images (Arrow list lengths),
@@ -615,17 +628,6 @@ class HFConversationDataset(Dataset):
             "images": images,
             "messages": messages,
         }
-
-    @property
-    def lengths(self) -> list[int]:
-        return list(self._lengths)
-
-    @property
-    def modality_lengths(self) -> list[int]:
-        return list(self._modality_lengths)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, num_samples={len(self)}, skipped={self.skip_stats.total})"
 
 
 def _hf_images(row: Mapping[str, Any], column: str | None) -> list[Any]:
@@ -721,7 +723,7 @@ def from_hf_dataset(
             continue
         rows.append(position)
         lengths.append(estimate_length(messages, num_images[position]))
-        modality_lengths.append(modality_length(messages, num_images[position]))
+        modality_lengths.append(_signed_length(lengths[-1], num_images[position]))
     if stats is not None:
         stats.merge(local_stats)
     if local_stats.total:

@@ -213,7 +213,10 @@ def run(
     out = os.path.join(workdir, "outputs", "tiny")
     t0 = time.perf_counter()
     data = generate_shapes_dataset(
-        os.path.join(workdir, "data", "shapes"), num_train=num_train, num_eval=num_eval, seed=seed,
+        os.path.join(workdir, "data", "shapes"),
+        num_train=num_train,
+        num_eval=num_eval,
+        seed=seed,
         image_size=SHAPES_IMAGE_SIZE,
     )
     timings["data"] = time.perf_counter() - t0
@@ -241,10 +244,35 @@ def run(
     return report
 
 
+def shapes_accuracy(
+    model, processor, data: dict[str, str], answers_file: str, *, system_prompt: str | None, batch_size: int = 16
+) -> dict:
+    """A fresh (not resumed) `recipes/evaluate.py` run of the `shapes` preset on `eval.jsonl`; its result dict."""
+    from recipes.evaluate import BENCHMARKS, evaluate_model
+
+    preset = BENCHMARKS["shapes"]
+    if os.path.exists(answers_file):
+        os.remove(answers_file)
+    return evaluate_model(
+        model,
+        processor,
+        data["eval"],
+        answers_file,
+        image_folder=data["image_folder"],
+        batch_size=batch_size,
+        max_new_tokens=8,
+        answer_suffix=preset["answer_suffix"],
+        metric=preset["metric"],
+        metric_kwargs=preset["metric_kwargs"],
+        system_prompt=system_prompt,
+        progress=False,
+    )
+
+
 def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict:
     """Load the exported folder as a Hub user would, score held-out answers, and let the model ask questions."""
     from processing.processing_sqllava import SQ_SYSTEM_PROMPT
-    from recipes.evaluate import BENCHMARKS, evaluate_model, load_model_and_processor
+    from recipes.evaluate import load_model_and_processor
     from recipes.self_question import self_question
 
     # AutoModelForImageTextToText (AutoModelForVision2Seq on 4.x) + AutoProcessor, trust_remote_code=True.
@@ -252,20 +280,12 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
     with open(data["meta"], encoding="utf-8") as f:
         meta = json.load(f)
     answers_file = os.path.join(os.path.dirname(export_dir), "eval_answers.jsonl")
-    preset = BENCHMARKS["shapes"]
     # Stage 2 trains every sample with the SQ system prompt (as SQ-LLaVA does), so it is the prompt the tiny model
     # answers with; the 7B model generalises to LLaVA's shorter prompt, a 2-layer one much less (both are reported).
-    scores = {}
-    for name, system_prompt in (("sq_prompt", SQ_SYSTEM_PROMPT), ("llava_prompt", None)):
-        path = answers_file if name == "sq_prompt" else answers_file.replace(".jsonl", f".{name}.jsonl")
-        if os.path.exists(path):
-            os.remove(path)
-        result = evaluate_model(
-            model, processor, data["eval"], path, image_folder=data["image_folder"], batch_size=16,
-            max_new_tokens=8, answer_suffix=preset["answer_suffix"], metric=preset["metric"],
-            metric_kwargs=preset["metric_kwargs"], system_prompt=system_prompt, progress=False,
-        )
-        scores[name] = result["scores"]["exact_match"]
+    result = shapes_accuracy(model, processor, data, answers_file, system_prompt=SQ_SYSTEM_PROMPT)
+    llava_result = shapes_accuracy(
+        model, processor, data, answers_file.replace(".jsonl", ".llava_prompt.jsonl"), system_prompt=None
+    )
     with open(data["eval"], encoding="utf-8") as f:
         first = json.loads(f.readline())
     with open(answers_file, encoding="utf-8") as f:
@@ -280,8 +300,8 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
         max_new_tokens=32,
     )
     return {
-        "accuracy": scores["sq_prompt"],
-        "accuracy_llava_prompt": scores["llava_prompt"],
+        "accuracy": result["scores"]["exact_match"],
+        "accuracy_llava_prompt": llava_result["scores"]["exact_match"],
         "chance_accuracy": meta["chance_accuracy"],
         "majority_accuracy": meta["majority_accuracy"],
         "uniform_chance_accuracy": meta["uniform_chance_accuracy"],
