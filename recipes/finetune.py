@@ -123,7 +123,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
             export_dir,
             training_args.hub_model_id,
             private=export_args.hub_private,
-            revision=training_args.hub_revision if hasattr(training_args, "hub_revision") else None,
+            revision=getattr(training_args, "hub_revision", None),
             token=training_args.hub_token,
         )
     return outputs
