@@ -168,7 +168,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from recipes.trainer import SelfQuestioningCollator
+    from recipes.collator import SelfQuestioningCollator
 
     processor, vocab = build_processor()
     records = llava665k_like_records(args.samples)

@@ -1,19 +1,12 @@
-"""Self-questioning training for SQ-LLaVA: the collator, the TRL config and the TRL trainer.
+"""The TRL side of SQ-LLaVA training: `SQLlavaSFTConfig` (a `trl.SFTConfig`) and `SQLlavaTrainer` (a `trl.SFTTrainer`).
 
-Three public objects:
+- `SQLlavaSFTConfig`: the self-questioning options and VLM defaults, validated on construction.
+- `SQLlavaTrainer`: builds the [`~recipes.collator.SelfQuestioningCollator`], re-draws the vuser turns every epoch,
+  logs `loss_answer` / `loss_question` / `question_token_fraction`, uses one learning rate per component (LLM,
+  projector, vision tower) and audits, at the first optimizer step, that every trainable parameter received a
+  gradient.
 
-- [`SelfQuestioningCollator`]: canonical records (`{"id", "index", "images", "messages"}`, see `recipes/data.py`) in,
-  a padded training batch out. It draws which user turns become `vuser` turns (the self-questioning objective), builds
-  labels from the token roles of the rendered chat template (`SQLlavaProcessor.tokenize_conversation`), truncates
-  without ever cutting an image, and opens images lazily. It needs only torch, transformers and PIL: importing it
-  never imports TRL.
-- `SQLlavaSFTConfig` (a `trl.SFTConfig`): the self-questioning options and VLM defaults, validated on construction.
-- `SQLlavaTrainer` (a `trl.SFTTrainer`): builds the collator, re-draws the vuser turns every epoch, logs
-  `loss_answer` / `loss_question` / `question_token_fraction`, uses one learning rate per component (LLM, projector,
-  vision tower) and audits, at the first optimizer step, that every trainable parameter received a gradient.
-
-The two TRL classes are created on first access (`from recipes.trainer import SQLlavaTrainer`), so that this module
-imports without TRL installed.
+The collator itself is in `recipes/collator.py`, which imports no TRL.
 
 Example:
 
@@ -34,299 +27,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
+from recipes.collator import IGNORE_INDEX, MODES, SelfQuestioningCollator
+from recipes.data import SkipStats
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-# Token roles returned by `SQLlavaProcessor.tokenize_conversation`.
-ROLE_UNTRAINED, ROLE_ANSWER, ROLE_QUESTION = 0, 1, 2
 
-_MODES = ("finetune", "pretrain")
-_PADDING_SIDES = ("right", "left")
-
-# Skip reasons counted by the collator (the load-time reasons live in `recipes/data.py`).
-SKIP_IMAGE_TRUNCATED = "image_tokens_truncated"
-SKIP_NO_LABELS_AFTER_TRUNCATION = "no_labels_after_truncation"
-SKIP_UNREADABLE_IMAGE = "unreadable_image"
-
-
-def _default_skip_stats():
-    from recipes.data import SkipStats
-
-    return SkipStats()
-
-
-def vuser_draw(seed: int, epoch: int, index: int, num_turns: int, sq_ratio: float) -> list[bool]:
-    """Which of `num_turns` later user turns of sample `index` become `vuser` turns in `epoch`.
-
-    The draw depends only on `(seed, epoch, index)`: numpy's `SeedSequence([seed, epoch, index])` seeds a PCG64
-    generator and turn `k` is converted when the `k`-th uniform number is below `sq_ratio`. No global RNG, rank, worker
-    id or call order enters, so every rank, every dataloader worker and a resumed run make the same draw.
-
-    Args:
-        seed: the run's data seed (`SQLlavaSFTConfig.data_seed`, else `seed`).
-        epoch: the epoch the sample is drawn in (0-based).
-        index: the sample's position in its dataset (`record["index"]`).
-        num_turns: user turns after the first one.
-        sq_ratio: probability that each of them becomes a `vuser` turn.
-    """
-    if num_turns <= 0 or sq_ratio <= 0.0:
-        return [False] * max(num_turns, 0)
-    if sq_ratio >= 1.0:
-        return [True] * num_turns
-    uniforms = np.random.default_rng([seed, epoch, index]).random(num_turns)
-    return (uniforms < sq_ratio).tolist()
-
-
-@dataclass
-class SelfQuestioningCollator:
-    """Collate canonical records into a self-questioning training batch.
-
-    For every multi-turn image conversation, each user turn after the first is rendered as a `vuser` turn with
-    probability `sq_ratio`, independently per turn, re-drawn every epoch (see [`vuser_draw`]: the draw depends on
-    `(seed, epoch, record["index"])` only, so it is identical on every rank and after resuming). The first user turn
-    (the one carrying `<image>`) is never converted; single-turn and text-only samples get no `vuser` turn. Labels
-    cover every assistant answer and every `vuser` question, each with its closing `</s>` (token roles 1 and 2 of
-    `processor.tokenize_conversation`); everything else is -100.
-
-    Truncation to `max_length` keeps the start of the sequence. A sample whose image tokens would be cut, or which
-    would keep no labelled token, is dropped, logged and counted in `stats` (or, with `strict=True`, raises a
-    `ValueError` naming the sample id). So is a sample whose image cannot be read. A batch whose samples were all
-    dropped becomes one row of `pad_to_multiple_of` (at least one) padding tokens with every label at -100: it
-    contributes exactly zero to the loss and to the gradients, and keeps every rank stepping together under DDP.
-
-    Args:
-        processor (`SQLlavaProcessor`):
-            Provides `tokenize_conversation(messages, mode=, system_prompt=)`, `image_processor`, `tokenizer` (with a
-            pad token) and the image token.
-        sq_ratio (`float`, *optional*, defaults to 0.5):
-            Probability that a user turn after the first becomes a `vuser` turn (finetune mode only).
-        seed (`int`, *optional*, defaults to 0):
-            Seed of the vuser draw.
-        max_length (`int`, *optional*, defaults to 2048):
-            Maximum sequence length before padding; `None` disables truncation.
-        mode (`str`, *optional*, defaults to `"finetune"`):
-            `"finetune"` (stage 2: chat format with the self-questioning system prompt) or `"pretrain"` (stage 1:
-            plain `<image>` + caption format, no vuser turns).
-        pad_to_multiple_of (`int`, *optional*, defaults to 8):
-            Pad the sequence length to a multiple of this (`None` or 1: no rounding).
-        strict (`bool`, *optional*, defaults to `False`):
-            Raise on the first sample that would be dropped instead of skipping it.
-        padding_side (`str`, *optional*, defaults to `"right"`):
-            `"right"` for training; `"left"` is available for batched generation-style evaluation.
-        system_prompt (`str`, *optional*):
-            System prompt in finetune mode; defaults to the processor module's `SQ_SYSTEM_PROMPT`.
-        stats (`SkipStats`, *optional*):
-            Where dropped samples are counted; a fresh `recipes.data.SkipStats` by default. With dataloader workers,
-            each worker counts in its own copy: the per-sample log lines are the complete record.
-        return_sample_ids (`bool`, *optional*, defaults to `False`):
-            Add `sample_ids` (the ids of the kept records) to the batch, for auditing which rank trained on what.
-
-    Example:
-
-    ```python
-    >>> collator = SelfQuestioningCollator(processor, sq_ratio=0.5, seed=0, max_length=2048)
-    >>> collator.set_epoch(0)
-    >>> batch = collator([{"id": "a", "index": 0, "images": ["cat.jpg"], "messages": [
-    ...     {"role": "user", "content": "<image>\\nWhat is it?"}, {"role": "assistant", "content": "A cat."},
-    ...     {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Grey."}]}])
-    >>> sorted(batch)
-    ['attention_mask', 'input_ids', 'labels', 'pixel_values', 'question_mask']
-    ```
-    """
-
-    processor: Any
-    sq_ratio: float = 0.5
-    seed: int = 0
-    max_length: int | None = 2048
-    mode: str = "finetune"
-    pad_to_multiple_of: int | None = 8
-    strict: bool = False
-    padding_side: str = "right"
-    system_prompt: str | None = None
-    stats: Any = None
-    return_sample_ids: bool = False
-    epoch: int = field(default=0, init=False)
-
-    def __post_init__(self):
-        if not 0.0 <= float(self.sq_ratio) <= 1.0:
-            raise ValueError(f"`sq_ratio` must be in [0, 1], got {self.sq_ratio}. Use 0.5 as in SQ-LLaVA.")
-        if self.mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}, got {self.mode!r}.")
-        if self.padding_side not in _PADDING_SIDES:
-            raise ValueError(f"`padding_side` must be one of {_PADDING_SIDES}, got {self.padding_side!r}.")
-        if self.max_length is not None and int(self.max_length) < 1:
-            raise ValueError(f"`max_length` must be a positive int or None, got {self.max_length}.")
-        if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) < 1:
-            raise ValueError(f"`pad_to_multiple_of` must be a positive int or None, got {self.pad_to_multiple_of}.")
-        if not hasattr(self.processor, "tokenize_conversation"):
-            raise TypeError(
-                f"`processor` must be an `SQLlavaProcessor` (with `tokenize_conversation`), got "
-                f"{type(self.processor).__name__}."
-            )
-        tokenizer = self.processor.tokenizer
-        if tokenizer.pad_token_id is None:
-            raise ValueError("The processor's tokenizer has no pad token; set `processor.tokenizer.pad_token` first.")
-        self._pad_token_id = int(tokenizer.pad_token_id)
-        image_token_id = getattr(self.processor, "image_token_id", None)
-        if image_token_id is None:
-            image_token_id = tokenizer.convert_tokens_to_ids(getattr(self.processor, "image_token", "<image>"))
-        self._image_token_id = int(image_token_id)
-        if self.mode == "finetune" and self.system_prompt is None:
-            self.system_prompt = self._processor_constant("SQ_SYSTEM_PROMPT")
-        if self.stats is None:
-            self.stats = _default_skip_stats()
-        from recipes.data import load_image
-
-        self._load_image = load_image
-
-    def _processor_constant(self, name: str) -> str:
-        import importlib
-
-        module = importlib.import_module(type(self.processor).__module__)
-        if not hasattr(module, name):
-            module = importlib.import_module("processing.processing_sqllava")
-        return getattr(module, name)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose vuser draw the next batches use (the trainer calls it at every epoch start)."""
-        self.epoch = int(epoch)
-
-    # ---- per-sample work ----
-
-    def convert_messages(self, record: dict[str, Any]) -> list[dict[str, Any]]:
-        """The record's messages with the drawn user turns renamed `vuser` (a new list; the record is untouched)."""
-        messages = record["messages"]
-        if self.mode != "finetune" or self.sq_ratio <= 0.0 or not record.get("images"):
-            return messages
-        user_positions = [i for i, message in enumerate(messages) if message["role"] == "user"]
-        later = user_positions[1:]  # the first user turn (with `<image>`) is never converted
-        if not later:
-            return messages
-        if "index" not in record:
-            raise ValueError(
-                f"Record {record.get('id')!r} has no 'index': the seeded vuser draw needs the sample's position in "
-                "its dataset. Load records with `recipes.data` (which adds it) or add an 'index' field."
-            )
-        draws = vuser_draw(self.seed, self.epoch, int(record["index"]), len(later), self.sq_ratio)
-        if not any(draws):
-            return messages
-        converted = list(messages)
-        for position, to_vuser in zip(later, draws):
-            if to_vuser:
-                converted[position] = {**messages[position], "role": "vuser"}
-        return converted
-
-    def _skip(self, record: dict[str, Any], reason: str, detail: str) -> None:
-        sample_id = record.get("id", record.get("index"))
-        if self.strict:
-            raise ValueError(f"Sample {sample_id!r}: {reason} ({detail}). Fix or remove it, or set strict=False.")
-        self.stats.add(reason, sample_id)
-        logger.warning("Skipping sample %r: %s (%s).", sample_id, reason, detail)
-
-    def _encode(self, record: dict[str, Any]) -> tuple[list[int], list[int]] | None:
-        messages = self.convert_messages(record)
-        if self.mode == "finetune":
-            encoded = self.processor.tokenize_conversation(messages, mode="chat", system_prompt=self.system_prompt)
-        else:
-            encoded = self.processor.tokenize_conversation(messages, mode="plain")
-        input_ids, roles = encoded["input_ids"], encoded["token_roles"]
-        if self.max_length is not None and len(input_ids) > self.max_length:
-            cut = self.max_length
-            # Keeping the start never drops a text token before an image, so only image tokens at or after the cut
-            # can be lost: a partial (or missing) image would no longer match its features.
-            if self._image_token_id in input_ids[cut:]:
-                self._skip(
-                    record,
-                    SKIP_IMAGE_TRUNCATED,
-                    f"{len(input_ids)} tokens, max_length {self.max_length} would cut image tokens",
-                )
-                return None
-            input_ids, roles = input_ids[:cut], roles[:cut]
-            if not any(roles):
-                self._skip(
-                    record,
-                    SKIP_NO_LABELS_AFTER_TRUNCATION,
-                    f"{len(encoded['input_ids'])} tokens, no trained token left within max_length {self.max_length}",
-                )
-                return None
-        return input_ids, roles
-
-    def _load_images(self, record: dict[str, Any]) -> list[Any] | None:
-        images = []
-        for image in record.get("images") or []:
-            try:
-                images.append(self._load_image(image))
-            except (ValueError, OSError) as error:
-                self._skip(record, SKIP_UNREADABLE_IMAGE, f"{image if isinstance(image, str) else 'image'}: {error}")
-                return None
-        return images
-
-    # ---- batch ----
-
-    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences: list[tuple[list[int], list[int]]] = []
-        batch_images: list[Any] = []
-        kept_ids: list[str] = []
-        for record in records:
-            encoded = self._encode(record)
-            if encoded is None:
-                continue
-            images = self._load_images(record)
-            if images is None:
-                continue
-            sequences.append(encoded)
-            batch_images.extend(images)
-            kept_ids.append(str(record.get("id")))
-
-        if not sequences:
-            return self._empty_batch(len(records))
-
-        longest = max(len(ids) for ids, _ in sequences)
-        multiple = self.pad_to_multiple_of or 1
-        length = -(-longest // multiple) * multiple
-        input_ids = np.full((len(sequences), length), self._pad_token_id, dtype=np.int64)
-        labels = np.full((len(sequences), length), IGNORE_INDEX, dtype=np.int64)
-        attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
-        question_mask = np.zeros((len(sequences), length), dtype=bool)
-        for row, (ids, roles) in enumerate(sequences):
-            ids_array = np.asarray(ids, dtype=np.int64)
-            roles_array = np.asarray(roles, dtype=np.int8)
-            span = slice(0, len(ids)) if self.padding_side == "right" else slice(length - len(ids), length)
-            input_ids[row, span] = ids_array
-            attention_mask[row, span] = 1
-            labels[row, span] = np.where(roles_array != ROLE_UNTRAINED, ids_array, IGNORE_INDEX)
-            question_mask[row, span] = roles_array == ROLE_QUESTION
-        batch = {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "labels": torch.from_numpy(labels),
-            "question_mask": torch.from_numpy(question_mask),
-        }
-        if batch_images:
-            batch["pixel_values"] = self.processor.image_processor(batch_images, return_tensors="pt")["pixel_values"]
-        if self.return_sample_ids:
-            batch["sample_ids"] = kept_ids
-        return batch
-
-    def _empty_batch(self, num_records: int) -> dict[str, torch.Tensor]:
-        logger.warning(
-            "All %d samples of a batch were dropped; it becomes one all-ignored row that adds zero loss.", num_records
-        )
-        length = max(self.pad_to_multiple_of or 1, 1)
-        return {
-            "input_ids": torch.full((1, length), self._pad_token_id, dtype=torch.long),
-            # Attended (not masked) so that no attention row is fully masked, which some kernels turn into NaN.
-            "attention_mask": torch.ones((1, length), dtype=torch.long),
-            "labels": torch.full((1, length), IGNORE_INDEX, dtype=torch.long),
-            "question_mask": torch.zeros((1, length), dtype=torch.bool),
-        }
-
-
-# ---- parameter groups (no TRL needed) ----
+# ---- parameter groups ----
 
 _PROJECTOR_PATTERN = re.compile(r"(?:^|\.)multi_modal_projector\.")
 _VISION_PATTERN = re.compile(r"(?:^|\.)vision_tower\.")
@@ -425,505 +136,483 @@ def find_parameters_without_gradient(
     return missing, zero
 
 
-# ---- TRL classes, created on first access ----
-
-_TRL_CLASSES: dict[str, type] = {}
+# ---- TRL classes ----
 
 
-def __getattr__(name: str):
-    if name in ("SQLlavaSFTConfig", "SQLlavaTrainer"):
-        if not _TRL_CLASSES:
-            _TRL_CLASSES.update(_define_trl_classes())
-            globals().update(_TRL_CLASSES)
-        return _TRL_CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+@dataclass
+class SQLlavaSFTConfig(SFTConfig):
+    """`trl.SFTConfig` with the self-questioning options and VLM defaults.
 
+    Defaults that differ from `SFTConfig`: `remove_unused_columns=False` (the collator reads `images` and
+    `messages`), `dataset_kwargs={"skip_prepare_dataset": True}` (the collator tokenizes on the fly),
+    `max_length=2048`, `pad_to_multiple_of=8`, and an unset `bf16` stays off where no bf16 accelerator exists.
 
-def _define_trl_classes() -> dict[str, type]:  # noqa: C901 - one place for everything that needs TRL
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    Args:
+        sq_ratio (`float`, defaults to 0.5): probability that each user turn after the first becomes a `vuser`
+            turn (stage 2).
+        sq_loss_weight (`float`, defaults to 1.0): weight of question tokens in the loss; 1.0 is the paper's plain
+            token-mean cross-entropy over questions and answers together.
+        projector_lr (`float`, *optional*): learning rate of the prototype extractor + projector (`None`:
+            `learning_rate`).
+        vision_lr (`float`, *optional*): learning rate of the vision tower's trainable (LoRA) parameters (`None`:
+            `learning_rate`).
+        stage (`str`, defaults to `"finetune"`): `"pretrain"` (plain captions) or `"finetune"` (self-questioning).
+        strict_data (`bool`, defaults to `False`): raise on the first sample the collator would drop.
+        audit_trainable (`str`, defaults to `"error"`): what to do when a trainable parameter receives no gradient
+            at the first optimizer step: `"error"`, `"warn"` or `"off"`.
+    """
 
-    @dataclass
-    class SQLlavaSFTConfig(SFTConfig):
-        """`trl.SFTConfig` with the self-questioning options and VLM defaults.
+    sq_ratio: float = field(
+        default=0.5, metadata={"help": "Probability that each user turn after the first becomes a vuser turn."}
+    )
+    sq_loss_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight of question tokens (1.0: plain token-mean CE, as the paper)."}
+    )
+    projector_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the projector; defaults to learning_rate."}
+    )
+    vision_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision tower (LoRA); defaults to learning_rate."}
+    )
+    stage: str = field(
+        default="finetune",
+        metadata={"help": "Training stage: 'pretrain' or 'finetune'.", "choices": ["pretrain", "finetune"]},
+    )
+    strict_data: bool = field(default=False, metadata={"help": "Raise on the first sample the collator would drop."})
+    log_sample_ids: bool = field(
+        default=False,
+        metadata={"help": "Write the ids each rank trained on to <output_dir>/sample_ids_rank<r>.json."},
+    )
+    audit_trainable: str = field(
+        default="error",
+        metadata={
+            "help": "Trainable parameters without gradient at the first step: 'error', 'warn' or 'off'.",
+            "choices": ["error", "warn", "off"],
+        },
+    )
+    # VLM defaults.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the `images` / `messages` columns the collator needs."}
+    )
+    dataset_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Dataset preparation is skipped: the collator tokenizes on the fly."},
+    )
+    max_length: int | None = field(default=2048, metadata={"help": "Maximum sequence length (tokens)."})
+    pad_to_multiple_of: int | str | None = field(
+        default=8, metadata={"help": "Pad sequence lengths to a multiple of this."}
+    )
 
-        Defaults that differ from `SFTConfig`: `remove_unused_columns=False` (the collator reads `images` and
-        `messages`), `dataset_kwargs={"skip_prepare_dataset": True}` (the collator tokenizes on the fly),
-        `max_length=2048`, `pad_to_multiple_of=8`, and an unset `bf16` stays off where no bf16 accelerator exists.
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not self.use_cpu:
+            from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
-        Args:
-            sq_ratio (`float`, defaults to 0.5): probability that each user turn after the first becomes a `vuser`
-                turn (stage 2).
-            sq_loss_weight (`float`, defaults to 1.0): weight of question tokens in the loss; 1.0 is the paper's plain
-                token-mean cross-entropy over questions and answers together.
-            projector_lr (`float`, *optional*): learning rate of the prototype extractor + projector (`None`:
-                `learning_rate`).
-            vision_lr (`float`, *optional*): learning rate of the vision tower's trainable (LoRA) parameters (`None`:
-                `learning_rate`).
-            stage (`str`, defaults to `"finetune"`): `"pretrain"` (plain captions) or `"finetune"` (self-questioning).
-            strict_data (`bool`, defaults to `False`): raise on the first sample the collator would drop.
-            audit_trainable (`str`, defaults to `"error"`): what to do when a trainable parameter receives no gradient
-                at the first optimizer step: `"error"`, `"warn"` or `"off"`.
-        """
-
-        sq_ratio: float = field(
-            default=0.5, metadata={"help": "Probability that each user turn after the first becomes a vuser turn."}
-        )
-        sq_loss_weight: float = field(
-            default=1.0, metadata={"help": "Loss weight of question tokens (1.0: plain token-mean CE, as the paper)."}
-        )
-        projector_lr: float | None = field(
-            default=None, metadata={"help": "Learning rate of the projector; defaults to learning_rate."}
-        )
-        vision_lr: float | None = field(
-            default=None, metadata={"help": "Learning rate of the vision tower (LoRA); defaults to learning_rate."}
-        )
-        stage: str = field(
-            default="finetune",
-            metadata={"help": "Training stage: 'pretrain' or 'finetune'.", "choices": ["pretrain", "finetune"]},
-        )
-        strict_data: bool = field(
-            default=False, metadata={"help": "Raise on the first sample the collator would drop."}
-        )
-        log_sample_ids: bool = field(
-            default=False,
-            metadata={"help": "Write the ids each rank trained on to <output_dir>/sample_ids_rank<r>.json."},
-        )
-        audit_trainable: str = field(
-            default="error",
-            metadata={
-                "help": "Trainable parameters without gradient at the first step: 'error', 'warn' or 'off'.",
-                "choices": ["error", "warn", "off"],
-            },
-        )
-        # VLM defaults.
-        remove_unused_columns: bool = field(
-            default=False, metadata={"help": "Keep the `images` / `messages` columns the collator needs."}
-        )
-        dataset_kwargs: dict[str, Any] | str | None = field(
-            default_factory=lambda: {"skip_prepare_dataset": True},
-            metadata={"help": "Dataset preparation is skipped: the collator tokenizes on the fly."},
-        )
-        max_length: int | None = field(default=2048, metadata={"help": "Maximum sequence length (tokens)."})
-        pad_to_multiple_of: int | str | None = field(
-            default=8, metadata={"help": "Pad sequence lengths to a multiple of this."}
-        )
-
-        def __post_init__(self):
-            if self.bf16 is None and not self.fp16 and not self.use_cpu:
-                from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
-                # TRL turns an unset `bf16` on, which transformers rejects on machines without a bf16 accelerator;
-                # the CPU smoke runs and the embedded default then train in float32 instead.
-                if not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
-                    self.bf16 = False
-            super().__post_init__()
-            if not 0.0 <= self.sq_ratio <= 1.0:
-                raise ValueError(f"`sq_ratio` must be in [0, 1], got {self.sq_ratio}; SQ-LLaVA uses 0.5.")
-            if not (math.isfinite(self.sq_loss_weight) and self.sq_loss_weight >= 0.0):
-                raise ValueError(
-                    f"`sq_loss_weight` must be a finite number >= 0, got {self.sq_loss_weight}; 1.0 is the paper's "
-                    "loss."
-                )
-            for name in ("projector_lr", "vision_lr"):
-                value = getattr(self, name)
-                if value is not None and not (math.isfinite(value) and value >= 0.0):
-                    raise ValueError(f"`{name}` must be >= 0 or None (None: learning_rate), got {value}.")
-            if self.stage not in _MODES:
-                raise ValueError(f"`stage` must be 'pretrain' or 'finetune', got {self.stage!r}.")
-            if self.audit_trainable not in ("error", "warn", "off"):
-                raise ValueError(
-                    f"`audit_trainable` must be 'error', 'warn' or 'off', got {self.audit_trainable!r}."
-                )
-            if self.remove_unused_columns:
-                raise ValueError(
-                    "`remove_unused_columns=True` would drop the `images` and `messages` columns the self-questioning "
-                    "collator reads; set `remove_unused_columns=False`."
-                )
-            if not (self.dataset_kwargs or {}).get("skip_prepare_dataset", False):
-                raise ValueError(
-                    f"`dataset_kwargs={self.dataset_kwargs!r}` would let TRL tokenize the dataset; the collator does "
-                    "it on the fly. Set `dataset_kwargs={'skip_prepare_dataset': True}`."
-                )
-            if self.packing or self.padding_free:
-                raise ValueError(
-                    "`packing` / `padding_free` are not supported with images; set `packing=False` and "
-                    "`padding_free=False`."
-                )
-            if self.assistant_only_loss or self.completion_only_loss:
-                raise ValueError(
-                    "Labels come from the self-questioning collator; leave `assistant_only_loss=False` and "
-                    "`completion_only_loss=None`."
-                )
-            if self.loss_type != "nll" or self.label_smoothing_factor != 0.0:
-                raise ValueError(
-                    f"SQLlavaTrainer computes the token-mean cross-entropy itself; got loss_type={self.loss_type!r}, "
-                    f"label_smoothing_factor={self.label_smoothing_factor}. Use loss_type='nll' and "
-                    "label_smoothing_factor=0."
-                )
-            if self.dataloader_persistent_workers and self.dataloader_num_workers > 0 and 0.0 < self.sq_ratio < 1.0:
-                raise ValueError(
-                    "`dataloader_persistent_workers=True` keeps the epoch-0 collator in every worker, so the vuser "
-                    "turns would never be re-drawn. Set `dataloader_persistent_workers=False`."
-                )
-
-    class _CollatorEpochCallback(TrainerCallback):
-        """Sets the collator's epoch before each epoch's dataloader iterator (and its workers) is created."""
-
-        def __init__(self, collator):
-            self.collator = collator
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            # `state.epoch` is the integer epoch at an epoch start, and its floor on resume mid-epoch.
-            self.collator.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-9)))
-
-        def on_train_end(self, args, state, control, **kwargs):
-            stats = getattr(self.collator, "stats", None)
-            if stats is None or not stats:  # SkipStats is falsy when nothing was skipped
-                return
-            stats.log()
-            suffix = f".rank{args.process_index}" if args.world_size > 1 else ""
-            os.makedirs(args.output_dir, exist_ok=True)
-            stats.write_json(os.path.join(args.output_dir, f"skipped_samples{suffix}.json"))
-
-    class _TrainabilityAuditCallback(TrainerCallback):
-        """At the first optimizer step that saw images, reports every trainable parameter that got no gradient."""
-
-        def __init__(self, trainer):
-            self.trainer = trainer
-            self.done = False
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            if self.done or args.audit_trainable == "off":
-                return
-            trainer = self.trainer
-            saw_images = trainer._sq_step_saw_images
-            trainer._sq_step_saw_images = False
-            if trainer.accelerator.num_processes > 1:
-                # Every rank must take the same branch: the DeepSpeed gradient gather below is a collective.
-                flag = torch.tensor(float(saw_images), device=trainer.accelerator.device)
-                saw_images = bool(trainer.accelerator.reduce(flag, reduction="sum") > 0)
-            if trainer.is_fsdp_enabled:
-                logger.warning("Trainability audit skipped: FSDP shards gradients across ranks.")
-                self.done = True
-                return
-            grad_of = None
-            if trainer.is_deepspeed_enabled:
-                from deepspeed.utils import safe_get_full_grad
-
-                grad_of = safe_get_full_grad
-
-            def skip(name):
-                # A step without images leaves the vision tower out of the graph: audit it at a step with images.
-                return not saw_images and parameter_component(name) == "vision"
-
-            missing, zero = find_parameters_without_gradient(trainer.model.named_parameters(), grad_of, skip)
-            if saw_images:
-                self.done = True
-            if not missing and not zero:
-                logger.info("Trainability audit passed: every trainable parameter received a gradient.")
-                return
-            lines = [f"  no gradient (None): {name}" for name in missing] + [
-                f"  all-zero gradient: {name}" for name in zero
-            ]
-            shown = "\n".join(lines[:50]) + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
-            message = (
-                f"Trainability audit: {len(missing) + len(zero)} parameter(s) require grad but received no gradient "
-                f"at the first optimizer step:\n{shown}\nThey are not used in the forward pass, or their output is "
-                "detached (torch.no_grad, .detach(), a frozen-module wrapper). Fix the graph, or freeze them "
-                "(requires_grad=False); set `audit_trainable='warn'` to train anyway."
+            # TRL turns an unset `bf16` on, which transformers rejects on machines without a bf16 accelerator;
+            # the CPU smoke runs and the embedded default then train in float32 instead.
+            if not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+                self.bf16 = False
+        super().__post_init__()
+        if not 0.0 <= self.sq_ratio <= 1.0:
+            raise ValueError(f"`sq_ratio` must be in [0, 1], got {self.sq_ratio}; SQ-LLaVA uses 0.5.")
+        if not (math.isfinite(self.sq_loss_weight) and self.sq_loss_weight >= 0.0):
+            raise ValueError(
+                f"`sq_loss_weight` must be a finite number >= 0, got {self.sq_loss_weight}; 1.0 is the paper's loss."
             )
-            if args.audit_trainable == "error":
-                raise RuntimeError(message)
-            logger.warning(message)
-
-    class SQLlavaTrainer(SFTTrainer):
-        """`trl.SFTTrainer` for SQ-LLaVA's self-questioning objective.
-
-        - Builds a [`SelfQuestioningCollator`] from `processing_class` and `args` when `data_collator` is None, and
-          sets its epoch at every epoch start (so the vuser turns are re-drawn each epoch, identically after resume).
-        - `compute_loss`: `sum_t w_t * CE_t / N`, where `N` is `num_items_in_batch` (the labelled tokens of the whole
-          accumulated batch across devices, as in TRL and transformers) or the batch's own count when it is not given,
-          and `w_t` is `sq_loss_weight` on question tokens and 1 on answer tokens (so 1.0 is plain CE). Logs
-          `loss_answer` and `loss_question` (token-mean CE over answer / question tokens since the last log, all
-          ranks and accumulation steps pooled) and `question_token_fraction`, next to TRL's own metrics.
-        - `create_optimizer`: groups for the LLM (`learning_rate`), `multi_modal_projector` (`projector_lr`) and
-          `vision_tower` (`vision_lr`), weight decay where `get_decay_parameter_names` says, empty groups omitted.
-        - Trainability audit at the first optimizer step (`args.audit_trainable`).
-
-        Args: as `trl.SFTTrainer`; `args` must be a `SQLlavaSFTConfig` (or None for its defaults).
-        """
-
-        _tag_names = ["trl", "sft", "sqllava"]
-
-        def __init__(
-            self,
-            model,
-            args: SQLlavaSFTConfig | None = None,
-            data_collator=None,
-            train_dataset=None,
-            eval_dataset=None,
-            processing_class=None,
-            callbacks=None,
-            skip_stats=None,
-            group_by_modality_length: bool = False,
-            **kwargs,
-        ):
-            if args is None:
-                args = SQLlavaSFTConfig()
-            elif not isinstance(args, SQLlavaSFTConfig):
-                raise TypeError(
-                    f"`args` must be a SQLlavaSFTConfig, got {type(args).__name__}; build one with the same fields "
-                    "plus the self-questioning options."
-                )
-            if kwargs.get("compute_loss_func") is not None:
-                raise ValueError(
-                    "SQLlavaTrainer computes the self-questioning loss itself; drop `compute_loss_func` (or subclass "
-                    "and override `compute_loss`)."
-                )
-            if processing_class is None:
-                from transformers import AutoProcessor
-
-                name_or_path = model if isinstance(model, str) else model.config._name_or_path
-                processing_class = AutoProcessor.from_pretrained(
-                    name_or_path, trust_remote_code=args.trust_remote_code
-                )
-            if data_collator is None:
-                data_collator = SelfQuestioningCollator(
-                    processor=processing_class,
-                    sq_ratio=args.sq_ratio,
-                    seed=args.data_seed if args.data_seed is not None else args.seed,
-                    max_length=args.max_length,
-                    mode=args.stage,
-                    pad_to_multiple_of=args.pad_to_multiple_of,
-                    strict=args.strict_data,
-                    stats=skip_stats,
-                    return_sample_ids=args.log_sample_ids,
-                )
-            elif skip_stats is not None and hasattr(data_collator, "stats"):
-                data_collator.stats = skip_stats
-            # Load-time and collate-time skips end up in one `SkipStats` (the collator's), reported at the end.
-            self.skip_stats = getattr(data_collator, "stats", None)
-            if self.skip_stats is None:
-                self.skip_stats = skip_stats if skip_stats is not None else _default_skip_stats()
-            self.group_by_modality_length = group_by_modality_length
-            # TRL accepts only `datasets` datasets, but `recipes.data` yields lazy torch datasets of canonical
-            # records (no tokenization to prepare, images opened at collate time). TRL only inspects the first
-            # sample, so it is given that sample as a one-row `datasets.Dataset`; the real datasets are set after.
-            train_dataset, real_train = _as_trl_dataset(train_dataset)
-            eval_dataset, real_eval = _as_trl_dataset(eval_dataset)
-            callbacks = list(callbacks or [])
-            if hasattr(data_collator, "set_epoch"):
-                callbacks.append(_CollatorEpochCallback(data_collator))
-            self._sq_step_saw_images = False
-            self._sq_sample_ids: list[str] = []
-            super().__init__(
-                model=model,
-                args=args,
-                data_collator=data_collator,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                callbacks=callbacks,
-                **kwargs,
+        for name in ("projector_lr", "vision_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"`{name}` must be >= 0 or None (None: learning_rate), got {value}.")
+        if self.stage not in MODES:
+            raise ValueError(f"`stage` must be 'pretrain' or 'finetune', got {self.stage!r}.")
+        if self.audit_trainable not in ("error", "warn", "off"):
+            raise ValueError(f"`audit_trainable` must be 'error', 'warn' or 'off', got {self.audit_trainable!r}.")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "`remove_unused_columns=True` would drop the `images` and `messages` columns the self-questioning "
+                "collator reads; set `remove_unused_columns=False`."
             )
-            if real_train is not None:
-                self.train_dataset = real_train
-            if real_eval is not None:
-                self.eval_dataset = real_eval
-            # Our `compute_loss` always normalises by `num_items_in_batch` when given, whatever the model's forward
-            # signature says, so let Trainer count it and leave the loss unscaled for gradient accumulation.
-            self.model_accepts_loss_kwargs = True
-            self.add_callback(_TrainabilityAuditCallback(self))
-            # Local sums since the last log: [answer CE, answer tokens, question CE, question tokens].
-            self._sq_sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
-            from trl.trainer import utils as trl_utils
-
-            self._sq_fused = hasattr(trl_utils, "add_fused_lm_head")
-
-        # ---- data ----
-
-        def _get_train_sampler(self, train_dataset=None):
-            train_dataset = self.train_dataset if train_dataset is None else train_dataset
-            if not self.group_by_modality_length:
-                return super()._get_train_sampler(train_dataset)
-            lengths = getattr(train_dataset, "modality_lengths", None)
-            if lengths is None:
-                raise ValueError(
-                    f"group_by_modality_length=True needs a dataset with `modality_lengths` (recipes.data datasets), "
-                    f"got {type(train_dataset).__name__}."
-                )
-            from recipes.data import ModalityLengthGroupedSampler
-
-            # Whole optimizer steps are grouped (LLaVA): chunks for every rank and every accumulation step.
-            return ModalityLengthGroupedSampler(
-                lengths,
-                batch_size=self.args.per_device_train_batch_size,
-                world_size=self.args.world_size * self.args.gradient_accumulation_steps,
-                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        if not (self.dataset_kwargs or {}).get("skip_prepare_dataset", False):
+            raise ValueError(
+                f"`dataset_kwargs={self.dataset_kwargs!r}` would let TRL tokenize the dataset; the collator does "
+                "it on the fly. Set `dataset_kwargs={'skip_prepare_dataset': True}`."
+            )
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "`packing` / `padding_free` are not supported with images; set `packing=False` and "
+                "`padding_free=False`."
+            )
+        if self.assistant_only_loss or self.completion_only_loss:
+            raise ValueError(
+                "Labels come from the self-questioning collator; leave `assistant_only_loss=False` and "
+                "`completion_only_loss=None`."
+            )
+        if self.loss_type != "nll" or self.label_smoothing_factor != 0.0:
+            raise ValueError(
+                f"SQLlavaTrainer computes the token-mean cross-entropy itself; got loss_type={self.loss_type!r}, "
+                f"label_smoothing_factor={self.label_smoothing_factor}. Use loss_type='nll' and "
+                "label_smoothing_factor=0."
+            )
+        if self.dataloader_persistent_workers and self.dataloader_num_workers > 0 and 0.0 < self.sq_ratio < 1.0:
+            raise ValueError(
+                "`dataloader_persistent_workers=True` keeps the epoch-0 collator in every worker, so the vuser "
+                "turns would never be re-drawn. Set `dataloader_persistent_workers=False`."
             )
 
-        def train(self, *args, **kwargs):
-            result = super().train(*args, **kwargs)
-            if self.args.log_sample_ids:
-                import json
 
-                os.makedirs(self.args.output_dir, exist_ok=True)
-                path = os.path.join(self.args.output_dir, f"sample_ids_rank{self.args.process_index}.json")
-                with open(path, "w") as f:
-                    json.dump(self._sq_sample_ids, f)
-            return result
+class _CollatorEpochCallback(TrainerCallback):
+    """Sets the collator's epoch before each epoch's dataloader iterator (and its workers) is created."""
 
-        # ---- loss ----
+    def __init__(self, collator):
+        self.collator = collator
 
-        def _per_token_ce(self, model, inputs):
-            """Per-token CE of the next-token labels `(B, T-1)` (0 where ignored), the label mask and the outputs."""
-            if self._sq_fused:
-                outputs = model(**inputs, fused_lm_head=True)
-                return -outputs.log_probs, outputs.label_mask, outputs
-            # TRL without the fused LM head: CE from the full logits.
-            labels = inputs["labels"]
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            shift_labels = labels[:, 1:]
-            mask = shift_labels != IGNORE_INDEX
-            log_probs = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
-            ce = -log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            return ce.masked_fill(~mask, 0.0), mask, outputs
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # `state.epoch` is the integer epoch at an epoch start, and its floor on resume mid-epoch.
+        self.collator.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-9)))
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            mode = "train" if self.model.training else "eval"
-            question_mask = inputs.get("question_mask")
-            if "sample_ids" in inputs and mode == "train":
-                self._sq_sample_ids.extend(inputs["sample_ids"])
-            model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids")}
-            model_inputs["use_cache"] = False
-            if model_inputs.get("pixel_values") is not None:
-                self._sq_step_saw_images = True
+    def on_train_end(self, args, state, control, **kwargs):
+        stats = getattr(self.collator, "stats", None)
+        if stats is None or not stats:  # SkipStats is falsy when nothing was skipped
+            return
+        stats.log()
+        suffix = f".rank{args.process_index}" if args.world_size > 1 else ""
+        os.makedirs(args.output_dir, exist_ok=True)
+        stats.write_json(os.path.join(args.output_dir, f"skipped_samples{suffix}.json"))
 
-            per_token_ce, label_mask, outputs = self._per_token_ce(model, model_inputs)
-            if question_mask is None:
-                is_question = torch.zeros_like(label_mask)
-            else:
-                is_question = question_mask[:, 1:].to(label_mask.device) & label_mask
-            weighted = per_token_ce
-            if self.args.sq_loss_weight != 1.0:
-                weight = torch.where(is_question, self.args.sq_loss_weight, 1.0).to(per_token_ce.dtype)
-                weighted = per_token_ce * weight
-            num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-            # Clamped so that a batch without trained tokens gives a finite zero, not 0 / 0.
-            loss = weighted.sum() / torch.as_tensor(num_tokens, device=weighted.device).clamp(min=1)
-            # As in TRL / transformers: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
-            with torch.no_grad():
-                ce = per_token_ce.detach().double()
-                is_answer = label_mask & ~is_question
-                sums = torch.stack(
-                    [
-                        (ce * is_answer).sum(),
-                        is_answer.sum().double(),
-                        (ce * is_question).sum(),
-                        is_question.sum().double(),
-                    ]
-                )
-                self._sq_sums[mode] = self._sq_sums[mode].to(sums.device) + sums
-            self._record_trl_metrics(mode, inputs, outputs, label_mask)
+class _TrainabilityAuditCallback(TrainerCallback):
+    """At the first optimizer step that saw images, reports every trainable parameter that got no gradient."""
 
-            if return_outputs:
-                with torch.no_grad():
-                    outputs = model(**{k: v for k, v in model_inputs.items() if k != "labels"})
-                return loss, outputs
-            return loss
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.done = False
 
-        def _record_trl_metrics(self, mode, inputs, outputs, label_mask):
-            """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as `SFTTrainer.compute_loss` logs them."""
-            num_valid = self.accelerator.gather_for_metrics(label_mask.sum()).sum()
-            if getattr(outputs, "entropy", None) is not None:
-                entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
-                self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
-            if getattr(outputs, "is_top1", None) is not None:
-                num_correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
-                accuracy = (num_correct / num_valid).item() if num_valid > 0 else 0.0
-                self._metrics[mode]["mean_token_accuracy"].append(accuracy)
-            if mode == "train":
-                attended = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-                self._total_train_tokens += attended // self._tp_size
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.done or args.audit_trainable == "off":
+            return
+        trainer = self.trainer
+        saw_images = trainer._sq_step_saw_images
+        trainer._sq_step_saw_images = False
+        if trainer.accelerator.num_processes > 1:
+            # Every rank must take the same branch: the DeepSpeed gradient gather below is a collective.
+            flag = torch.tensor(float(saw_images), device=trainer.accelerator.device)
+            saw_images = bool(trainer.accelerator.reduce(flag, reduction="sum") > 0)
+        if trainer.is_fsdp_enabled:
+            logger.warning("Trainability audit skipped: FSDP shards gradients across ranks.")
+            self.done = True
+            return
+        grad_of = None
+        if trainer.is_deepspeed_enabled:
+            from deepspeed.utils import safe_get_full_grad
 
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            mode = "train" if self.model.training else "eval"
-            # Every rank calls `log`, so the sums are reduced here once per logging step rather than at every step.
-            sums = self._sq_sums[mode].to(self.accelerator.device)
-            sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
-            answer_ce, answer_tokens, question_ce, question_tokens = sums.tolist()
-            self._sq_sums[mode] = torch.zeros(4, dtype=torch.float64)
-            if answer_tokens + question_tokens > 0:
-                prefix = "eval_" if mode == "eval" else ""
-                if answer_tokens > 0:
-                    logs[f"{prefix}loss_answer"] = answer_ce / answer_tokens
-                if question_tokens > 0:
-                    logs[f"{prefix}loss_question"] = question_ce / question_tokens
-                logs[f"{prefix}question_token_fraction"] = question_tokens / (answer_tokens + question_tokens)
-            super().log(logs, start_time)
+            grad_of = safe_get_full_grad
 
-        # ---- optimizer ----
+        def skip(name):
+            # A step without images leaves the vision tower out of the graph: audit it at a step with images.
+            return not saw_images and parameter_component(name) == "vision"
 
-        def create_optimizer(self, model=None):
-            opt_model = self.model if model is None else model
-            if self.optimizer is not None:
-                return self.optimizer
-            groups = build_parameter_groups(
-                opt_model,
-                self.get_decay_parameter_names(opt_model),
-                learning_rate=self.args.learning_rate,
-                weight_decay=self.args.weight_decay,
-                projector_lr=self.args.projector_lr,
-                vision_lr=self.args.vision_lr,
-            )
-            if not groups:
-                raise ValueError("No parameter requires grad, so nothing would train: add LoRA adapters or unfreeze.")
-            for group in groups:
-                logger.info(
-                    "Optimizer group %-18s %4d tensors %12d parameters  lr %.3g  weight_decay %.3g",
-                    group["name"], len(group["params"]), sum(p.numel() for p in group["params"]), group["lr"],
-                    group["weight_decay"],
-                )
-            if self.optimizer_cls_and_kwargs is not None:
-                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-            else:
-                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            optimizer_kwargs = dict(optimizer_kwargs)
-            special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
-            if special:
-                raise ValueError(
-                    f"optim={self.args.optim!r} builds its own parameter groups ({sorted(special)}), which would drop "
-                    "projector_lr / vision_lr. Use an AdamW-family `optim` (e.g. 'adamw_torch')."
-                )
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-            return self.optimizer
+        missing, zero = find_parameters_without_gradient(trainer.model.named_parameters(), grad_of, skip)
+        if saw_images:
+            self.done = True
+        if not missing and not zero:
+            logger.info("Trainability audit passed: every trainable parameter received a gradient.")
+            return
+        lines = [f"  no gradient (None): {name}" for name in missing] + [
+            f"  all-zero gradient: {name}" for name in zero
+        ]
+        shown = "\n".join(lines[:50]) + (f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else "")
+        message = (
+            f"Trainability audit: {len(missing) + len(zero)} parameter(s) require grad but received no gradient "
+            f"at the first optimizer step:\n{shown}\nThey are not used in the forward pass, or their output is "
+            "detached (torch.no_grad, .detach(), a frozen-module wrapper). Fix the graph, or freeze them "
+            "(requires_grad=False); set `audit_trainable='warn'` to train anyway."
+        )
+        if args.audit_trainable == "error":
+            raise RuntimeError(message)
+        logger.warning(message)
 
-    def _as_trl_dataset(dataset):
-        """`(dataset for TRL's checks, real dataset or None)`: torch datasets pass through a one-row stand-in."""
-        import datasets
 
-        if dataset is None or isinstance(dataset, (datasets.Dataset, datasets.IterableDataset, dict)):
-            return dataset, None
-        if not isinstance(dataset, torch.utils.data.Dataset):
+class SQLlavaTrainer(SFTTrainer):
+    """`trl.SFTTrainer` for SQ-LLaVA's self-questioning objective.
+
+    - Builds a [`SelfQuestioningCollator`] from `processing_class` and `args` when `data_collator` is None, and
+      sets its epoch at every epoch start (so the vuser turns are re-drawn each epoch, identically after resume).
+    - `compute_loss`: `sum_t w_t * CE_t / N`, where `N` is `num_items_in_batch` (the labelled tokens of the whole
+      accumulated batch across devices, as in TRL and transformers) or the batch's own count when it is not given,
+      and `w_t` is `sq_loss_weight` on question tokens and 1 on answer tokens (so 1.0 is plain CE). Logs
+      `loss_answer` and `loss_question` (token-mean CE over answer / question tokens since the last log, all
+      ranks and accumulation steps pooled) and `question_token_fraction`, next to TRL's own metrics.
+    - `create_optimizer`: groups for the LLM (`learning_rate`), `multi_modal_projector` (`projector_lr`) and
+      `vision_tower` (`vision_lr`), weight decay where `get_decay_parameter_names` says, empty groups omitted.
+    - Trainability audit at the first optimizer step (`args.audit_trainable`).
+
+    Args: as `trl.SFTTrainer`; `args` must be a `SQLlavaSFTConfig` (or None for its defaults).
+    """
+
+    _tag_names = ["trl", "sft", "sqllava"]
+
+    def __init__(
+        self,
+        model,
+        args: SQLlavaSFTConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        skip_stats=None,
+        group_by_modality_length: bool = False,
+        **kwargs,
+    ):
+        if args is None:
+            args = SQLlavaSFTConfig()
+        elif not isinstance(args, SQLlavaSFTConfig):
             raise TypeError(
-                f"`train_dataset` / `eval_dataset` must be a datasets.Dataset or a torch Dataset of canonical "
-                f"records, got {type(dataset).__name__}."
+                f"`args` must be a SQLlavaSFTConfig, got {type(args).__name__}; build one with the same fields "
+                "plus the self-questioning options."
             )
-        if len(dataset) == 0:
-            raise ValueError(f"The dataset {dataset!r} is empty: check the data paths and the skip statistics.")
-        first = dict(dataset[0])
-        # Only the keys matter to TRL (it looks for "images"); paths / PIL images are kept out of Arrow.
-        stand_in = datasets.Dataset.from_list(
-            [{"id": str(first.get("id")), "images": [], "messages": first["messages"]}]
-        )
-        return stand_in, dataset
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "SQLlavaTrainer computes the self-questioning loss itself; drop `compute_loss_func` (or subclass "
+                "and override `compute_loss`)."
+            )
+        if processing_class is None:
+            from transformers import AutoProcessor
 
-    for cls in (SQLlavaSFTConfig, SQLlavaTrainer):
-        cls.__qualname__ = cls.__name__
-        cls.__module__ = __name__
-    return {"SQLlavaSFTConfig": SQLlavaSFTConfig, "SQLlavaTrainer": SQLlavaTrainer}
+            name_or_path = model if isinstance(model, str) else model.config._name_or_path
+            processing_class = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=args.trust_remote_code)
+        if data_collator is None:
+            data_collator = SelfQuestioningCollator(
+                processor=processing_class,
+                sq_ratio=args.sq_ratio,
+                seed=args.data_seed if args.data_seed is not None else args.seed,
+                max_length=args.max_length,
+                mode=args.stage,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                strict=args.strict_data,
+                stats=skip_stats,
+                return_sample_ids=args.log_sample_ids,
+            )
+        elif skip_stats is not None and hasattr(data_collator, "stats"):
+            data_collator.stats = skip_stats
+        # Load-time and collate-time skips end up in one `SkipStats` (the collator's), reported at the end.
+        self.skip_stats = getattr(data_collator, "stats", None)
+        if self.skip_stats is None:
+            self.skip_stats = skip_stats if skip_stats is not None else SkipStats()
+        self.group_by_modality_length = group_by_modality_length
+        # TRL accepts only `datasets` datasets, but `recipes.data` yields lazy torch datasets of canonical
+        # records (no tokenization to prepare, images opened at collate time). TRL only inspects the first
+        # sample, so it is given that sample as a one-row `datasets.Dataset`; the real datasets are set after.
+        train_dataset, real_train = _as_trl_dataset(train_dataset)
+        eval_dataset, real_eval = _as_trl_dataset(eval_dataset)
+        callbacks = list(callbacks or [])
+        if hasattr(data_collator, "set_epoch"):
+            callbacks.append(_CollatorEpochCallback(data_collator))
+        self._sq_step_saw_images = False
+        self._sq_sample_ids: list[str] = []
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        if real_train is not None:
+            self.train_dataset = real_train
+        if real_eval is not None:
+            self.eval_dataset = real_eval
+        # Our `compute_loss` always normalises by `num_items_in_batch` when given, whatever the model's forward
+        # signature says, so let Trainer count it and leave the loss unscaled for gradient accumulation.
+        self.model_accepts_loss_kwargs = True
+        self.add_callback(_TrainabilityAuditCallback(self))
+        # Local sums since the last log: [answer CE, answer tokens, question CE, question tokens].
+        self._sq_sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
+        from trl.trainer import utils as trl_utils
+
+        self._sq_fused = hasattr(trl_utils, "add_fused_lm_head")
+
+    # ---- data ----
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        lengths = getattr(train_dataset, "modality_lengths", None)
+        if lengths is None:
+            raise ValueError(
+                f"group_by_modality_length=True needs a dataset with `modality_lengths` (recipes.data datasets), "
+                f"got {type(train_dataset).__name__}."
+            )
+        from recipes.data import ModalityLengthGroupedSampler
+
+        # Whole optimizer steps are grouped (LLaVA): chunks for every rank and every accumulation step.
+        return ModalityLengthGroupedSampler(
+            lengths,
+            batch_size=self.args.per_device_train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.args.log_sample_ids:
+            import json
+
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            path = os.path.join(self.args.output_dir, f"sample_ids_rank{self.args.process_index}.json")
+            with open(path, "w") as f:
+                json.dump(self._sq_sample_ids, f)
+        return result
+
+    # ---- loss ----
+
+    def _per_token_ce(self, model, inputs):
+        """Per-token CE of the next-token labels `(B, T-1)` (0 where ignored), the label mask and the outputs."""
+        if self._sq_fused:
+            outputs = model(**inputs, fused_lm_head=True)
+            return -outputs.log_probs, outputs.label_mask, outputs
+        # TRL without the fused LM head: CE from the full logits.
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        shift_labels = labels[:, 1:]
+        mask = shift_labels != IGNORE_INDEX
+        log_probs = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
+        ce = -log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return ce.masked_fill(~mask, 0.0), mask, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        question_mask = inputs.get("question_mask")
+        if "sample_ids" in inputs and mode == "train":
+            self._sq_sample_ids.extend(inputs["sample_ids"])
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids")}
+        model_inputs["use_cache"] = False
+        if model_inputs.get("pixel_values") is not None:
+            self._sq_step_saw_images = True
+
+        per_token_ce, label_mask, outputs = self._per_token_ce(model, model_inputs)
+        if question_mask is None:
+            is_question = torch.zeros_like(label_mask)
+        else:
+            is_question = question_mask[:, 1:].to(label_mask.device) & label_mask
+        weighted = per_token_ce
+        if self.args.sq_loss_weight != 1.0:
+            weight = torch.where(is_question, self.args.sq_loss_weight, 1.0).to(per_token_ce.dtype)
+            weighted = per_token_ce * weight
+        num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        # Clamped so that a batch without trained tokens gives a finite zero, not 0 / 0.
+        loss = weighted.sum() / torch.as_tensor(num_tokens, device=weighted.device).clamp(min=1)
+        # As in TRL / transformers: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+
+        with torch.no_grad():
+            ce = per_token_ce.detach().double()
+            is_answer = label_mask & ~is_question
+            sums = torch.stack(
+                [
+                    (ce * is_answer).sum(),
+                    is_answer.sum().double(),
+                    (ce * is_question).sum(),
+                    is_question.sum().double(),
+                ]
+            )
+            self._sq_sums[mode] = self._sq_sums[mode].to(sums.device) + sums
+        self._record_trl_metrics(mode, inputs, outputs, label_mask)
+
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in model_inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    def _record_trl_metrics(self, mode, inputs, outputs, label_mask):
+        """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as `SFTTrainer.compute_loss` logs them."""
+        num_valid = self.accelerator.gather_for_metrics(label_mask.sum()).sum()
+        if getattr(outputs, "entropy", None) is not None:
+            entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
+            self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        if getattr(outputs, "is_top1", None) is not None:
+            num_correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
+            accuracy = (num_correct / num_valid).item() if num_valid > 0 else 0.0
+            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+        if mode == "train":
+            attended = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += attended // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        # Every rank calls `log`, so the sums are reduced here once per logging step rather than at every step.
+        sums = self._sq_sums[mode].to(self.accelerator.device)
+        sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
+        answer_ce, answer_tokens, question_ce, question_tokens = sums.tolist()
+        self._sq_sums[mode] = torch.zeros(4, dtype=torch.float64)
+        if answer_tokens + question_tokens > 0:
+            prefix = "eval_" if mode == "eval" else ""
+            if answer_tokens > 0:
+                logs[f"{prefix}loss_answer"] = answer_ce / answer_tokens
+            if question_tokens > 0:
+                logs[f"{prefix}loss_question"] = question_ce / question_tokens
+            logs[f"{prefix}question_token_fraction"] = question_tokens / (answer_tokens + question_tokens)
+        super().log(logs, start_time)
+
+    # ---- optimizer ----
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        groups = build_parameter_groups(
+            opt_model,
+            self.get_decay_parameter_names(opt_model),
+            learning_rate=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            projector_lr=self.args.projector_lr,
+            vision_lr=self.args.vision_lr,
+        )
+        if not groups:
+            raise ValueError("No parameter requires grad, so nothing would train: add LoRA adapters or unfreeze.")
+        for group in groups:
+            logger.info(
+                "Optimizer group %-18s %4d tensors %12d parameters  lr %.3g  weight_decay %.3g",
+                group["name"],
+                len(group["params"]),
+                sum(p.numel() for p in group["params"]),
+                group["lr"],
+                group["weight_decay"],
+            )
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if special:
+            raise ValueError(
+                f"optim={self.args.optim!r} builds its own parameter groups ({sorted(special)}), which would drop "
+                "projector_lr / vision_lr. Use an AdamW-family `optim` (e.g. 'adamw_torch')."
+            )
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def _as_trl_dataset(dataset):
+    """`(dataset for TRL's checks, real dataset or None)`: torch datasets pass through a one-row stand-in."""
+    import datasets
+
+    if dataset is None or isinstance(dataset, (datasets.Dataset, datasets.IterableDataset, dict)):
+        return dataset, None
+    if not isinstance(dataset, torch.utils.data.Dataset):
+        raise TypeError(
+            f"`train_dataset` / `eval_dataset` must be a datasets.Dataset or a torch Dataset of canonical "
+            f"records, got {type(dataset).__name__}."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"The dataset {dataset!r} is empty: check the data paths and the skip statistics.")
+    first = dict(dataset[0])
+    # Only the keys matter to TRL (it looks for "images"); paths / PIL images are kept out of Arrow.
+    stand_in = datasets.Dataset.from_list([{"id": str(first.get("id")), "images": [], "messages": first["messages"]}])
+    return stand_in, dataset

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recipes.trainer import (
+from recipes.collator import (
     IGNORE_INDEX,
     SKIP_IMAGE_TRUNCATED,
     SKIP_NO_LABELS_AFTER_TRUNCATION,
@@ -26,7 +26,6 @@ from recipes.trainer import (
     SelfQuestioningCollator,
     vuser_draw,
 )
-
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,8 +165,8 @@ def collate(processor, records, **kwargs):
 
 
 def test_collator_imports_without_trl():
-    """`from recipes.trainer import SelfQuestioningCollator` must not import TRL (the collator runs without it)."""
-    code = "import sys; from recipes.trainer import SelfQuestioningCollator; assert 'trl' not in sys.modules"
+    """`from recipes.collator import SelfQuestioningCollator` must not import TRL (the collator runs without it)."""
+    code = "import sys; from recipes.collator import SelfQuestioningCollator; assert 'trl' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={**os.environ, "PYTHONPATH": "."})
 
 

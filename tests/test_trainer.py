@@ -14,19 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-
 pytest.importorskip("trl")
 peft = pytest.importorskip("peft")
 
+from recipes.collator import IGNORE_INDEX, SelfQuestioningCollator  # noqa: E402
 from recipes.trainer import (  # noqa: E402
-    IGNORE_INDEX,
-    SelfQuestioningCollator,
     build_parameter_groups,
     find_parameters_without_gradient,
     parameter_component,
 )
 from tests.test_collator import CONVERSATION, build_processor, make_record  # noqa: E402
-
 
 LORA_TARGETS = (
     r"model\.(vision_tower\.encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
@@ -131,8 +128,9 @@ def test_config_rejects_bad_values(tmp_path, field, value, match):
 
 
 def test_config_unset_bf16_follows_the_hardware(tmp_path):
-    from recipes.trainer import SQLlavaSFTConfig
     from transformers.utils import is_torch_bf16_gpu_available
+
+    from recipes.trainer import SQLlavaSFTConfig
 
     args = SQLlavaSFTConfig(output_dir=str(tmp_path), report_to="none")
     assert args.bf16 == is_torch_bf16_gpu_available()

@@ -1,0 +1,305 @@
+"""The self-questioning collator of SQ-LLaVA training: canonical records in, a padded training batch out.
+
+[`SelfQuestioningCollator`] draws which user turns become `vuser` turns (the self-questioning objective, see
+[`vuser_draw`]), builds labels from the token roles of the rendered chat template
+(`SQLlavaProcessor.tokenize_conversation`), truncates without ever cutting an image, and opens images lazily. It needs
+only numpy, torch, transformers and PIL: importing this module never imports TRL, so the collator also serves plain
+PyTorch loops and other trainers. The TRL side (config and trainer) lives in `recipes/trainer.py`.
+
+Example:
+
+```python
+>>> from recipes.collator import SelfQuestioningCollator
+>>> collator = SelfQuestioningCollator(processor, sq_ratio=0.5, seed=0, max_length=2048)
+>>> batch = collator(records)  # input_ids, attention_mask, labels, question_mask, pixel_values
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from recipes.data import SkipStats, load_image
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# Token roles returned by `SQLlavaProcessor.tokenize_conversation`.
+ROLE_UNTRAINED, ROLE_ANSWER, ROLE_QUESTION = 0, 1, 2
+
+MODES = ("finetune", "pretrain")
+_PADDING_SIDES = ("right", "left")
+
+# Skip reasons counted by the collator (the load-time reasons live in `recipes/data.py`).
+SKIP_IMAGE_TRUNCATED = "image_tokens_truncated"
+SKIP_NO_LABELS_AFTER_TRUNCATION = "no_labels_after_truncation"
+SKIP_UNREADABLE_IMAGE = "unreadable_image"
+
+
+def vuser_draw(seed: int, epoch: int, index: int, num_turns: int, sq_ratio: float) -> list[bool]:
+    """Which of `num_turns` later user turns of sample `index` become `vuser` turns in `epoch`.
+
+    The draw depends only on `(seed, epoch, index)`: numpy's `SeedSequence([seed, epoch, index])` seeds a PCG64
+    generator and turn `k` is converted when the `k`-th uniform number is below `sq_ratio`. No global RNG, rank, worker
+    id or call order enters, so every rank, every dataloader worker and a resumed run make the same draw.
+
+    Args:
+        seed: the run's data seed (`SQLlavaSFTConfig.data_seed`, else `seed`).
+        epoch: the epoch the sample is drawn in (0-based).
+        index: the sample's position in its dataset (`record["index"]`).
+        num_turns: user turns after the first one.
+        sq_ratio: probability that each of them becomes a `vuser` turn.
+    """
+    if num_turns <= 0 or sq_ratio <= 0.0:
+        return [False] * max(num_turns, 0)
+    if sq_ratio >= 1.0:
+        return [True] * num_turns
+    uniforms = np.random.default_rng([seed, epoch, index]).random(num_turns)
+    return (uniforms < sq_ratio).tolist()
+
+
+@dataclass
+class SelfQuestioningCollator:
+    """Collate canonical records into a self-questioning training batch.
+
+    For every multi-turn image conversation, each user turn after the first is rendered as a `vuser` turn with
+    probability `sq_ratio`, independently per turn, re-drawn every epoch (see [`vuser_draw`]: the draw depends on
+    `(seed, epoch, record["index"])` only, so it is identical on every rank and after resuming). The first user turn
+    (the one carrying `<image>`) is never converted; single-turn and text-only samples get no `vuser` turn. Labels
+    cover every assistant answer and every `vuser` question, each with its closing `</s>` (token roles 1 and 2 of
+    `processor.tokenize_conversation`); everything else is -100.
+
+    Truncation to `max_length` keeps the start of the sequence. A sample whose image tokens would be cut, or which
+    would keep no labelled token, is dropped, logged and counted in `stats` (or, with `strict=True`, raises a
+    `ValueError` naming the sample id). So is a sample whose image cannot be read. A batch whose samples were all
+    dropped becomes one row of `pad_to_multiple_of` (at least one) padding tokens with every label at -100: it
+    contributes exactly zero to the loss and to the gradients, and keeps every rank stepping together under DDP.
+
+    Args:
+        processor (`SQLlavaProcessor`):
+            Provides `tokenize_conversation(messages, mode=, system_prompt=)`, `image_processor`, `tokenizer` (with a
+            pad token) and the image token.
+        sq_ratio (`float`, *optional*, defaults to 0.5):
+            Probability that a user turn after the first becomes a `vuser` turn (finetune mode only).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the vuser draw.
+        max_length (`int`, *optional*, defaults to 2048):
+            Maximum sequence length before padding; `None` disables truncation.
+        mode (`str`, *optional*, defaults to `"finetune"`):
+            `"finetune"` (stage 2: chat format with the self-questioning system prompt) or `"pretrain"` (stage 1:
+            plain `<image>` + caption format, no vuser turns).
+        pad_to_multiple_of (`int`, *optional*, defaults to 8):
+            Pad the sequence length to a multiple of this (`None` or 1: no rounding).
+        strict (`bool`, *optional*, defaults to `False`):
+            Raise on the first sample that would be dropped instead of skipping it.
+        padding_side (`str`, *optional*, defaults to `"right"`):
+            `"right"` for training; `"left"` is available for batched generation-style evaluation.
+        system_prompt (`str`, *optional*):
+            System prompt in finetune mode; defaults to the processor module's `SQ_SYSTEM_PROMPT`.
+        stats (`SkipStats`, *optional*):
+            Where dropped samples are counted; a fresh `recipes.data.SkipStats` by default. With dataloader workers,
+            each worker counts in its own copy: the per-sample log lines are the complete record.
+        return_sample_ids (`bool`, *optional*, defaults to `False`):
+            Add `sample_ids` (the ids of the kept records) to the batch, for auditing which rank trained on what.
+
+    Example:
+
+    ```python
+    >>> collator = SelfQuestioningCollator(processor, sq_ratio=0.5, seed=0, max_length=2048)
+    >>> collator.set_epoch(0)
+    >>> batch = collator([{"id": "a", "index": 0, "images": ["cat.jpg"], "messages": [
+    ...     {"role": "user", "content": "<image>\\nWhat is it?"}, {"role": "assistant", "content": "A cat."},
+    ...     {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Grey."}]}])
+    >>> sorted(batch)
+    ['attention_mask', 'input_ids', 'labels', 'pixel_values', 'question_mask']
+    ```
+    """
+
+    processor: Any
+    sq_ratio: float = 0.5
+    seed: int = 0
+    max_length: int | None = 2048
+    mode: str = "finetune"
+    pad_to_multiple_of: int | None = 8
+    strict: bool = False
+    padding_side: str = "right"
+    system_prompt: str | None = None
+    stats: Any = None
+    return_sample_ids: bool = False
+    epoch: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.sq_ratio) <= 1.0:
+            raise ValueError(f"`sq_ratio` must be in [0, 1], got {self.sq_ratio}. Use 0.5 as in SQ-LLaVA.")
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}.")
+        if self.padding_side not in _PADDING_SIDES:
+            raise ValueError(f"`padding_side` must be one of {_PADDING_SIDES}, got {self.padding_side!r}.")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise ValueError(f"`max_length` must be a positive int or None, got {self.max_length}.")
+        if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) < 1:
+            raise ValueError(f"`pad_to_multiple_of` must be a positive int or None, got {self.pad_to_multiple_of}.")
+        if not hasattr(self.processor, "tokenize_conversation"):
+            raise TypeError(
+                f"`processor` must be an `SQLlavaProcessor` (with `tokenize_conversation`), got "
+                f"{type(self.processor).__name__}."
+            )
+        tokenizer = self.processor.tokenizer
+        if tokenizer.pad_token_id is None:
+            raise ValueError("The processor's tokenizer has no pad token; set `processor.tokenizer.pad_token` first.")
+        self._pad_token_id = int(tokenizer.pad_token_id)
+        image_token_id = getattr(self.processor, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = tokenizer.convert_tokens_to_ids(getattr(self.processor, "image_token", "<image>"))
+        self._image_token_id = int(image_token_id)
+        if self.mode == "finetune" and self.system_prompt is None:
+            self.system_prompt = self._processor_constant("SQ_SYSTEM_PROMPT")
+        if self.stats is None:
+            self.stats = SkipStats()
+
+    def _processor_constant(self, name: str) -> str:
+        import importlib
+
+        module = importlib.import_module(type(self.processor).__module__)
+        if not hasattr(module, name):
+            module = importlib.import_module("processing.processing_sqllava")
+        return getattr(module, name)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose vuser draw the next batches use (the trainer calls it at every epoch start)."""
+        self.epoch = int(epoch)
+
+    # ---- per-sample work ----
+
+    def convert_messages(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The record's messages with the drawn user turns renamed `vuser` (a new list; the record is untouched)."""
+        messages = record["messages"]
+        if self.mode != "finetune" or self.sq_ratio <= 0.0 or not record.get("images"):
+            return messages
+        user_positions = [i for i, message in enumerate(messages) if message["role"] == "user"]
+        later = user_positions[1:]  # the first user turn (with `<image>`) is never converted
+        if not later:
+            return messages
+        if "index" not in record:
+            raise ValueError(
+                f"Record {record.get('id')!r} has no 'index': the seeded vuser draw needs the sample's position in "
+                "its dataset. Load records with `recipes.data` (which adds it) or add an 'index' field."
+            )
+        draws = vuser_draw(self.seed, self.epoch, int(record["index"]), len(later), self.sq_ratio)
+        if not any(draws):
+            return messages
+        converted = list(messages)
+        for position, to_vuser in zip(later, draws):
+            if to_vuser:
+                converted[position] = {**messages[position], "role": "vuser"}
+        return converted
+
+    def _skip(self, record: dict[str, Any], reason: str, detail: str) -> None:
+        sample_id = record.get("id", record.get("index"))
+        if self.strict:
+            raise ValueError(f"Sample {sample_id!r}: {reason} ({detail}). Fix or remove it, or set strict=False.")
+        self.stats.add(reason, sample_id)
+        logger.warning("Skipping sample %r: %s (%s).", sample_id, reason, detail)
+
+    def _encode(self, record: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+        messages = self.convert_messages(record)
+        if self.mode == "finetune":
+            encoded = self.processor.tokenize_conversation(messages, mode="chat", system_prompt=self.system_prompt)
+        else:
+            encoded = self.processor.tokenize_conversation(messages, mode="plain")
+        input_ids, roles = encoded["input_ids"], encoded["token_roles"]
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            cut = self.max_length
+            # Keeping the start never drops a text token before an image, so only image tokens at or after the cut
+            # can be lost: a partial (or missing) image would no longer match its features.
+            if self._image_token_id in input_ids[cut:]:
+                self._skip(
+                    record,
+                    SKIP_IMAGE_TRUNCATED,
+                    f"{len(input_ids)} tokens, max_length {self.max_length} would cut image tokens",
+                )
+                return None
+            input_ids, roles = input_ids[:cut], roles[:cut]
+            if not any(roles):
+                self._skip(
+                    record,
+                    SKIP_NO_LABELS_AFTER_TRUNCATION,
+                    f"{len(encoded['input_ids'])} tokens, no trained token left within max_length {self.max_length}",
+                )
+                return None
+        return input_ids, roles
+
+    def _load_images(self, record: dict[str, Any]) -> list[Any] | None:
+        images = []
+        for image in record.get("images") or []:
+            try:
+                images.append(load_image(image))
+            except (ValueError, OSError) as error:
+                self._skip(record, SKIP_UNREADABLE_IMAGE, f"{image if isinstance(image, str) else 'image'}: {error}")
+                return None
+        return images
+
+    # ---- batch ----
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences: list[tuple[list[int], list[int]]] = []
+        batch_images: list[Any] = []
+        kept_ids: list[str] = []
+        for record in records:
+            encoded = self._encode(record)
+            if encoded is None:
+                continue
+            images = self._load_images(record)
+            if images is None:
+                continue
+            sequences.append(encoded)
+            batch_images.extend(images)
+            kept_ids.append(str(record.get("id")))
+
+        if not sequences:
+            return self._empty_batch(len(records))
+
+        longest = max(len(ids) for ids, _ in sequences)
+        multiple = self.pad_to_multiple_of or 1
+        length = -(-longest // multiple) * multiple
+        input_ids = np.full((len(sequences), length), self._pad_token_id, dtype=np.int64)
+        labels = np.full((len(sequences), length), IGNORE_INDEX, dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
+        question_mask = np.zeros((len(sequences), length), dtype=bool)
+        for row, (ids, roles) in enumerate(sequences):
+            ids_array = np.asarray(ids, dtype=np.int64)
+            roles_array = np.asarray(roles, dtype=np.int8)
+            span = slice(0, len(ids)) if self.padding_side == "right" else slice(length - len(ids), length)
+            input_ids[row, span] = ids_array
+            attention_mask[row, span] = 1
+            labels[row, span] = np.where(roles_array != ROLE_UNTRAINED, ids_array, IGNORE_INDEX)
+            question_mask[row, span] = roles_array == ROLE_QUESTION
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+            "question_mask": torch.from_numpy(question_mask),
+        }
+        if batch_images:
+            batch["pixel_values"] = self.processor.image_processor(batch_images, return_tensors="pt")["pixel_values"]
+        if self.return_sample_ids:
+            batch["sample_ids"] = kept_ids
+        return batch
+
+    def _empty_batch(self, num_records: int) -> dict[str, torch.Tensor]:
+        logger.warning(
+            "All %d samples of a batch were dropped; it becomes one all-ignored row that adds zero loss.", num_records
+        )
+        length = max(self.pad_to_multiple_of or 1, 1)
+        return {
+            "input_ids": torch.full((1, length), self._pad_token_id, dtype=torch.long),
+            # Attended (not masked) so that no attention row is fully masked, which some kernels turn into NaN.
+            "attention_mask": torch.ones((1, length), dtype=torch.long),
+            "labels": torch.full((1, length), IGNORE_INDEX, dtype=torch.long),
+            "question_mask": torch.zeros((1, length), dtype=torch.bool),
+        }
