@@ -84,7 +84,7 @@ def question_quality(model, processor, data: dict[str, str], *, num_images: int,
 def run(args) -> dict:
     import torch
 
-    from recipes.evaluate import load_model_and_processor
+    from recipes.loading import load_model_and_processor
     from recipes.run_tiny import SHAPES_IMAGE_SIZE, build_tiny_towers, run_stage1, run_stage2
     from recipes.synthetic import generate_shapes_dataset
 

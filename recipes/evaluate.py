@@ -440,36 +440,11 @@ def evaluate_model(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_model_and_processor(
-    model_name_or_path: str,
-    *,
-    dtype: str = "auto",
-    device: str | None = None,
-    attn_implementation: str | None = None,
-    revision: str | None = None,
-):
-    """Loads a model and its processor from a Hub id or a folder with `trust_remote_code=True`.
+def load_model_and_processor(model_name_or_path: str, **kwargs):
+    """`recipes.loading.load_model_and_processor`: remote code runs only with `trust_remote_code=True`."""
+    from recipes.loading import load_model_and_processor as load
 
-    Uses `AutoModelForImageTextToText` (transformers 5.x, and 4.57) or `AutoModelForVision2Seq` where the former does
-    not exist. `dtype` is `"auto"`, `"bfloat16"`, `"float16"` or `"float32"`; `device` defaults to CUDA when available.
-    """
-    import torch
-    import transformers
-    from transformers import AutoProcessor
-
-    dtypes = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype={dtype!r} is not one of {sorted(dtypes)}.")
-    auto_class = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
-    kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": revision}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    # transformers 5 names the argument `dtype`; 4.57 still knows only `torch_dtype`.
-    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    model = auto_class.from_pretrained(model_name_or_path, **{dtype_key: dtypes[dtype]}, **kwargs)
-    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True, revision=revision)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
+    return load(model_name_or_path, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -518,6 +493,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-id", default=None, help="The model_id written in the answers (default: basename).")
     parser.add_argument("--results-file", default=None, help="Also write the returned summary (with scores) as JSON.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    from recipes.loading import add_trust_remote_code_argument
+
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -535,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     questions = chunk(load_questions(args.question_file), args.num_chunks, args.chunk_idx)
     image_folder = args.image_folder or os.path.dirname(os.path.abspath(args.question_file))
-    model, processor = load_model_and_processor(args.model, dtype=args.dtype, device=args.device)
+    model, processor = load_model_and_processor(
+        args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype, device=args.device
+    )
     result = evaluate_model(
         model,
         processor,

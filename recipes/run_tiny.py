@@ -272,7 +272,7 @@ def shapes_accuracy(
 def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict:
     """Load the exported folder as a Hub user would, score held-out answers, and let the model ask questions."""
     from processing.processing_sqllava import SQ_SYSTEM_PROMPT
-    from recipes.evaluate import load_model_and_processor
+    from recipes.loading import load_model_and_processor
     from recipes.self_question import self_question
 
     # AutoModelForImageTextToText (AutoModelForVision2Seq on 4.x) + AutoProcessor, trust_remote_code=True.

@@ -470,15 +470,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N images.")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
+    from recipes.loading import add_trust_remote_code_argument
+
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    from recipes.evaluate import load_model_and_processor
+    from recipes.loading import load_model_and_processor
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model, processor = load_model_and_processor(args.model, dtype=args.dtype, device=args.device)
+    model, processor = load_model_and_processor(
+        args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype, device=args.device
+    )
     kwargs = {
         "num_questions": args.num_questions,
         "answer": args.answer,

@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_processor):
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    from recipes.evaluate import load_model_and_processor
+    from recipes.loading import load_model_and_processor
 
     return load_model_and_processor(model_dir, device="cpu")
 
