@@ -93,8 +93,11 @@ produce it (LLaVA's label arithmetic trains it too: a standalone "▁" token bef
 {%- if content is string -%}
 {{- content -}}
 {%- else -%}
-{%- for part in content | selectattr("type", "equalto", "image") -%}{{- "<image>\n" -}}{%- endfor -%}
-{%- for part in content | selectattr("type", "equalto", "text") -%}{{- ("" if loop.first else " ") + part["text"] -}}{%- endfor -%}
+{%- set ns = namespace(text="") -%}
+{%- for part in content | selectattr("type", "equalto", "text") -%}{%- set ns.text = ns.text + ("" if loop.first else " ") + part["text"] -%}{%- endfor -%}
+{%- set images = content | selectattr("type", "equalto", "image") | list | length -%}
+{#- As LLaVA's preprocess_multimodal: "<image>\n" + text, stripped (an image alone is "<image>", no newline). -#}
+{%- if images > 0 -%}{{- ("<image>\n" * images + ns.text) | trim -}}{%- else -%}{{- ns.text -}}{%- endif -%}
 {%- endif -%}
 {%- endmacro -%}
 {%- if not messages -%}{{- raise_exception("The conversation is empty: pass at least one user message.") -}}{%- endif -%}
@@ -307,7 +310,10 @@ def _content_text(content: Any, where: str) -> str:
         raise TypeError(f"{where}: `content` must be a string or a list of parts, got {type(content).__name__}.")
     images = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image")
     texts = [part["text"] for part in content if isinstance(part, dict) and part.get("type") == "text"]
-    return (IMAGE_TOKEN + "\n") * images + " ".join(texts)
+    if not images:
+        return " ".join(texts)
+    # LLaVA's `preprocess_multimodal`: "<image>\n" + text, stripped, so an image alone is "<image>" (no newline).
+    return ((IMAGE_TOKEN + "\n") * images + " ".join(texts)).strip()
 
 
 def _count_images(content: Any) -> int:

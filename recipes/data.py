@@ -248,7 +248,8 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], num_images: int) -
     Content may be a string or a list of parts (`{"type": "image"}` / `{"type": "text", "text": ...}`), image parts
     counting as `<image>`. The conversation must alternate user/assistant starting with user and end with an assistant
     answer; every `<image>` must be in the first user turn and their number must equal `num_images`; they are moved
-    to its front (`"<image>\\n" * num_images` + the stripped remaining text), as LLaVA's `preprocess_multimodal` does.
+    to its front (`"<image>\\n" * num_images` + the stripped remaining text, the whole stripped: an image-only turn is
+    `"<image>"`), as LLaVA's `preprocess_multimodal` does.
 
     Raises:
         _Bad: with `.reason` one of `SKIP_REASONS` (internal: callers turn it into a skip or a `ValueError`).
@@ -284,8 +285,9 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], num_images: int) -
             content = content.replace(IMAGE_TOKEN, "").strip()
             if not content and num_images == 0:
                 raise _Bad("empty_text", "turn 0 is empty")
-            # An image alone is a valid first turn (plain stage-1 data ignores the instruction anyway).
-            content = (IMAGE_TOKEN + "\n") * n_tokens + content
+            # An image alone is a valid first turn. LLaVA's `preprocess_multimodal` strips the joined value, so an
+            # image-only turn is "<image>" with no newline (`USER: <image> ASSISTANT:`).
+            content = ((IMAGE_TOKEN + "\n") * n_tokens + content).strip()
         elif not content.strip():
             raise _Bad("empty_text", f"turn {t} ({role}) is empty")
         out.append({"role": role, "content": content})

@@ -139,7 +139,7 @@ def test_invalid_utf8_bytes_are_skipped_not_fatal(tmp_path, image_folder):
         ("What is it?\n<image>", "<image>\nWhat is it?"),
         ("<image>\nWhat is it?", "<image>\nWhat is it?"),
         ("  What <image> is it?  ", "<image>\nWhat  is it?"),
-        ("<image>", "<image>\n"),  # image only: the instruction is ignored in plain (stage-1) mode
+        ("<image>", "<image>"),  # image only: LLaVA strips the joined value, so no newline (USER: <image> ASSISTANT:)
     ],
 )
 def test_image_token_moves_to_front(tmp_path, image_folder, value, expected):

@@ -89,6 +89,9 @@ RENDER_CASES = {
     "explicit-system": (BRIEF + QA_VUSER[:3], {}, "Be brief." + Q1 + A1 + "VUSER: Is it black?</s> "),
     "explicit-system-ask": (BRIEF + QA[:1], ASK, "Be brief." + Q1 + "VUSER:"),
     "system_prompt-kwarg": (QA[:1], {"add_generation_prompt": True, "system_prompt": "S."}, "S." + Q1 + "ASSISTANT:"),
+    # An image with no text renders as LLaVA's preprocess_multimodal leaves it: "<image>" alone, no newline.
+    "image-only-parts": ([{"role": "user", "content": [{"type": "image"}]}], GEN, SYS + " USER: <image> ASSISTANT:"),
+    "image-only-string": ([{"role": "user", "content": "<image>"}], GEN, SYS + " USER: <image> ASSISTANT:"),
     "plain": (QA, {"mode": "plain"}, "<image>A cat.\n"),
     "plain-parts": (PLAIN_PARTS, {"mode": "plain"}, "<image>Two red squares.\n"),
 }
