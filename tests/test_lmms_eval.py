@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -388,14 +389,14 @@ def _lmms_eval_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from lmms_eval.cli.dispatch import main; sys.exit(main())"]
 
 
-@pytest.mark.slow
-def test_lmms_eval_cli_runs_a_local_task(model_dir, reference, tmp_path):
-    """`lmms-eval --model sqllava` on a generation task and a multiple-choice task over a local dataset: the
-    logged answers equal greedy `model.generate`, the logged choice scores equal the float64 reference, and the
-    metrics in the results file follow from them (accuracy: the most likely choice is the prediction)."""
+@pytest.fixture(scope="module")
+def local_tasks(model_dir, reference, tmp_path_factory):
+    """A generation task and a multiple-choice task over 3 images saved with `datasets`, with the references:
+    `(task folder, answers, expected choice scores)`."""
     import datasets
 
     processor = reference[1]
+    root = tmp_path_factory.mktemp("lmms-tasks")
     images = _images()[:3]
     questions = QUESTIONS[:3]
     answers = [_reference_answer(reference, q + VQA_SUFFIX, [image], 6) for q, image in zip(questions, images)]
@@ -423,17 +424,24 @@ def test_lmms_eval_cli_runs_a_local_task(model_dir, reference, tmp_path):
         }
     )
     data = {"image": images, "question": questions, "answer": targets, "choices": choices, "label": labels}
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(tmp_path / "data")
-    tasks = tmp_path / "tasks"
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(root / "data")
+    tasks = root / "tasks"
     tasks.mkdir()
     suffix = VQA_SUFFIX.replace("\n", "\\n")
     (tasks / "vqa.yaml").write_text(
-        TASK_YAML.format(task="sqllava_toy_vqa", data=tmp_path / "data", suffix=suffix) + VQA_TASK
+        TASK_YAML.format(task="sqllava_toy_vqa", data=root / "data", suffix=suffix) + VQA_TASK
     )
     (tasks / "choice.yaml").write_text(
-        TASK_YAML.format(task="sqllava_toy_choice", data=tmp_path / "data", suffix="") + CHOICE_TASK
+        TASK_YAML.format(task="sqllava_toy_choice", data=root / "data", suffix="") + CHOICE_TASK
     )
+    return tasks, answers, expected_scores
 
+
+def _run_cli_and_check(launcher: list[str], model_dir, local_tasks, tmp_path) -> str:
+    """Run lmms-eval on the local tasks and check what it wrote: the logged answers equal greedy `model.generate`,
+    the logged choice scores equal the float64 reference, and the metrics in the results file follow from them.
+    Returns the command's output."""
+    tasks, answers, expected_scores = local_tasks
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -444,7 +452,7 @@ def test_lmms_eval_cli_runs_a_local_task(model_dir, reference, tmp_path):
         OMP_NUM_THREADS="1",
     )
     out = tmp_path / "out"
-    command = _lmms_eval_command() + [
+    command = launcher + [
         "--model", "sqllava",
         "--model_args", f"pretrained={model_dir},dtype=float32",
         "--tasks", "sqllava_toy_vqa,sqllava_toy_choice",
@@ -471,9 +479,33 @@ def test_lmms_eval_cli_runs_a_local_task(model_dir, reference, tmp_path):
     assert [row["filtered_resps"] for row in vqa] == answers
     assert results["results"]["sqllava_toy_vqa"]["exact_match,none"] == pytest.approx(1 / 3)
 
-    for row, expected in zip(samples("sqllava_toy_choice"), expected_scores):
+    choice = samples("sqllava_toy_choice")
+    assert len(choice) == len(expected_scores)
+    for row, expected in zip(choice, expected_scores):
         logged = [(float(value), str(greedy) == "True") for value, greedy in row["filtered_resps"]]
         assert [greedy for _, greedy in logged] == [greedy for _, greedy in expected]
         for (value, _), (log_likelihood, _) in zip(logged, expected):
             assert value == pytest.approx(-log_likelihood, abs=1e-4)
     assert results["results"]["sqllava_toy_choice"]["acc,none"] == pytest.approx(2 / 3)
+    return run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_runs_local_tasks(model_dir, local_tasks, tmp_path):
+    """`lmms-eval --model sqllava` on a generation task and a multiple-choice task over a local dataset."""
+    _run_cli_and_check(_lmms_eval_command(), model_dir, local_tasks, tmp_path)
+
+
+@pytest.mark.slow
+def test_lmms_eval_two_processes_split_the_requests(model_dir, local_tasks, tmp_path):
+    """Two processes (torchrun, gloo on CPU; on GPUs `accelerate launch` does the same) each answer part of the
+    requests, and the gathered results are the single-process ones."""
+    with socket.socket() as probe:  # a free port: other test runs may share the machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "lmms_eval",
+    ]  # fmt: skip
+    output = _run_cli_and_check(launcher, model_dir, local_tasks, tmp_path)
+    assert "Running on rank 1" in output, output[-4000:]
