@@ -146,6 +146,7 @@ def render_model_card(
         "### Self-questioning\n\n"
         "The model can also ask a question about the image: end the prompt with the `vuser` role and sample.\n\n"
         + _self_questioning_snippet(),
+        "### Evaluate with lmms-eval\n\n" + _lmms_eval_snippet(repo_id),
     ]
     if training_config:
         sections.append("## Training configuration\n\n" + _config_tables(training_config))
@@ -195,6 +196,17 @@ prompt = processor.apply_chat_template(messages, add_generation_prompt=True, gen
 inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device, torch.bfloat16)
 output = model.generate(**inputs, max_new_tokens=64, do_sample=True, temperature=1.2, top_k=300, top_p=0.95)
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))  # a question
+```"""
+
+
+def _lmms_eval_snippet(repo_id: str) -> str:
+    return f"""With the sqllava code installed with its lmms-eval extra (`pip install -e ".[lmms]"` in a sqllava checkout),
+lmms-eval runs the model by name (`sqllava`); the results file is written under `--output_path`.
+
+```bash
+lmms-eval --model sqllava --model_args pretrained={repo_id},dtype=bfloat16 \\
+    --tasks vqav2_val,gqa,pope,scienceqa_img,textvqa_val,mmbench_en_dev --batch_size 8 \\
+    --output_path lmms-eval-results --log_samples
 ```"""
 
 

@@ -72,6 +72,12 @@ def test_body_shows_usage_config_figures_and_results():
     assert "| GQA | testdev | accuracy | 63.25 |" in text and "| MME | - | score | 1512.5 |" in text
 
 
+def test_body_shows_the_lmms_eval_command():
+    text = _card().text
+    assert "### Evaluate with lmms-eval" in text
+    assert "lmms-eval --model sqllava --model_args pretrained=tester/sqllava-tiny,dtype=bfloat16 \\\n" in text
+
+
 def test_optional_sections_absent_without_data():
     """Without config, figures or metrics the card has no empty tables and no model-index."""
     card = _card(training_config=None, metrics=None, figures=None, datasets=None)
