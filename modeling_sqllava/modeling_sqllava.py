@@ -35,10 +35,6 @@ except ImportError:  # transformers 4.x: from_pretrained only initialises module
 # 5.x renamed the KV cache `past_key_values` to `cache` (argument and output field); each version uses its own name.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 _TRANSFORMERS_5 = _CACHE_FIELD == "cache"
-# 5.x's generate() drops `pixel_values` outside prefill itself and tells prepare_inputs_for_generation which step it is.
-_GENERATE_KNOWS_FIRST_ITERATION = (
-    "is_first_iteration" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
-)
 # 4.x's CLIP attention returns its weights only when asked; 5.x's always does (and takes no such argument).
 _CLIP_ENCODER_TAKES_OUTPUT_ATTENTIONS = "output_attentions" in inspect.signature(CLIPEncoder.forward).parameters
 
@@ -646,28 +642,35 @@ class SQLlavaForConditionalGeneration(SQLlavaPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
+        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ):
-        # Images are encoded once, at prefill: later steps only feed new tokens, which hold no `<image>` placeholders.
-        if _GENERATE_KNOWS_FIRST_ITERATION:
-            # 5.x drops `pixel_values` outside prefill (`is_first_iteration`) unless generating without a cache.
-            return super().prepare_inputs_for_generation(
-                input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                pixel_values=pixel_values,
-                **kwargs,
+        # The cache is a named parameter (not only part of **kwargs) because generate() accepts a caller's cache only
+        # when this signature or forward's names it ("model_kwargs are not used by the model" otherwise).
+        if _TRANSFORMERS_5:
+            cache_kwargs = {"cache": cache if cache is not None else past_key_values}
+        elif cache is not None:
+            raise ValueError(
+                "transformers 4.x names the KV cache `past_key_values`; pass `past_key_values=` instead of `cache=`."
             )
+        else:
+            cache_kwargs = {"past_key_values": past_key_values}
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **cache_kwargs, **kwargs
         )
-        # 4.x: prefill is the step whose cache positions start at 0 (true at every step without a cache).
-        cache_position = model_inputs.get("cache_position")
-        if cache_position is None or int(cache_position[0]) == 0:
-            model_inputs["pixel_values"] = pixel_values
+        # An image goes to the forward whose inputs hold its `<image>` placeholders: the prefill, or every step when
+        # generating without a cache. Not to one-token decoding steps (a generated `<image>` id is a plain token
+        # there), nor to a prefill that continues a cache already holding the image (prefix caching, assisted
+        # decoding's later rounds), whose new tokens hold no placeholder. A prefill from `inputs_embeds` has no ids:
+        # it gets the images, which its embeddings must then hold placeholders for.
+        if pixel_values is not None:
+            step_ids = model_inputs.get("input_ids")
+            if step_ids is None or (step_ids.shape[-1] > 1 and bool((step_ids == self.config.image_token_id).any())):
+                model_inputs["pixel_values"] = pixel_values
         return model_inputs
 
     @classmethod
