@@ -394,6 +394,23 @@ def test_output_attentions_with_eager_attention():
             torch.testing.assert_close((weights[:, :, -1] * keys_mask[:, None]).sum(-1), torch.ones(batch, heads))
 
 
+def test_attention_can_be_switched_to_eager_at_runtime():
+    """ModelTesterMixin.test_can_set_attention_dynamically_composite_model: `set_attn_implementation("eager")` on a
+    loaded SDPA model reaches both towers, so attention weights come back from both."""
+    model = make_model()
+    if not hasattr(model, "set_attn_implementation"):
+        pytest.skip("this transformers has no runtime set_attn_implementation")
+    input_ids, pixel_values = make_inputs(batch=1)
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        model.get_image_features(pixel_values, output_attentions=True)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(input_ids=input_ids, pixel_values=pixel_values, output_attentions=True)
+    assert len(out.attentions) == TINY_TEXT_CONFIG["num_hidden_layers"]
+    assert all(weights is not None for weights in out.attentions)
+    assert len(out.image_outputs.attentions) == 2 and all(w is not None for w in out.image_outputs.attentions)
+
+
 def test_eager_equals_sdpa_with_images_and_left_padding():
     """ModelTesterMixin.test_eager_matches_sdpa_inference / test_eager_matches_sdpa_generate with images and a
     left-padded batch: logits of the real positions and the greedy tokens agree."""
