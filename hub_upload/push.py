@@ -75,12 +75,13 @@ def plan_upload(folder: str | os.PathLike, *, allow_pickle: Iterable[str] = ()) 
         TypeError: if `allow_pickle` is not a list of paths (e.g. `True`).
         UploadRefusedError (a `ValueError`): the folder holds files that must not be published; all are listed.
     """
-    if isinstance(allow_pickle, (bool, str)) or not all(isinstance(p, str) for p in allow_pickle):
+    names = list(allow_pickle) if not isinstance(allow_pickle, (bool, str)) else None
+    if names is None or not all(isinstance(name, str) for name in names):
         raise TypeError(
             f"allow_pickle={allow_pickle!r} must list the paths of the pickles to publish (e.g. "
             "['training_args.bin'], on the command line `--allow-pickle training_args.bin`), one per file."
         )
-    allowed = {path.removeprefix("./") for path in allow_pickle}
+    allowed = {name.removeprefix("./") for name in names}
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"folder={str(folder)!r} is not a directory; pass the folder written by the exporter.")

@@ -174,6 +174,8 @@ def scan_folder(folder: str | os.PathLike, *, secrets: bool = True) -> tuple[lis
             refusals.append(Refusal(item.path, "resolves outside the folder", "link"))
         elif secrets and (reason := secret_reason(item.path)) is not None:
             refusals.append(Refusal(item.path, reason, "secret"))
+        elif not os.access(item.local_path, os.R_OK):
+            refusals.append(Refusal(item.path, "cannot be read (permission denied)", "special"))
         elif secrets and token_in_file(item.local_path, item.size):
             refusals.append(Refusal(item.path, "holds a Hugging Face access token (hf_...)", "secret"))
         else:
