@@ -5,7 +5,7 @@ python -m hub_upload.convert_original \
     --model-base Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12_vicuna-7b-v1.5 \
     --model-path ZachSun/sqllava-lora-7b --vit-lora ZachSun/sqllava-lora-7b/Vit-lora \
     --vision-tower openai/clip-vit-large-patch14-336 \
-    --output-dir outputs/sqllava-7b-hf --dtype float16 [--push-to-hub your-name/sqllava-7b-hf]
+    --output-dir outputs/sqllava-7b-hf [--dtype bfloat16] [--push-to-hub your-name/sqllava-7b-hf]
 ```
 
 The released model is four pieces, each with its own key layout:
@@ -29,9 +29,18 @@ code used the placeholder id -200) and the embeddings are padded to a multiple o
 the existing ones (LLaVA's own convention), so a new token's logit is the vocabulary's mean logit and is never the
 greedy choice. The model is built on the meta device and loaded with `strict=True`.
 
-The default export dtype is float16, the dtype the released weights were trained and evaluated in. Merging and the
-reference forward run in float32: peak RAM is about the float16 checkpoint plus one float32 copy of the model
-(~42 GB for 7B, ~78 GB for 13B); the verification process then loads the export in float32 on its own.
+The default export dtype is bfloat16, the dtype the released weights were trained in (`--bf16 True` in the authors'
+training scripts; their evaluation scripts cast to float16, which `--dtype float16` gives). Merging and the
+reference forward run in float32: peak RAM is about the half-precision checkpoint plus one float32 copy of the model
+(~42 GB for 7B, ~78 GB for 13B); the verification process then loads the export in float32 on its own. The
+verification pins the prototype assignments to the float32 model's, so that near-tied patches whose hard assignment
+flips under half-precision rounding are reported (`prototype_flip_fraction`) instead of failing a correct
+conversion; see `hub_upload.export`.
+
+Nothing from the released folders runs: weights are read as safetensors or with `torch.load(weights_only=True)`, the
+tokenizer with `trust_remote_code=False`, and the Hub download fetches no Python file. A damaged input fails with the
+file (and key) named: a truncated weights file, a shard index without `weight_map`, a config value of the wrong type,
+a tensor the model needs that no released file provides.
 """
 
 from __future__ import annotations
@@ -151,7 +160,9 @@ def _map_state_dict(
     *,
     dropped_log: dict[str, str],
     key_filter=None,
+    where: str | None = None,
 ) -> dict[str, torch.Tensor]:
+    name = f"{source} ({where})" if where else source  # errors name the file(s) the keys come from
     mapped: dict[str, torch.Tensor] = {}
     unknown = []
     for key, tensor in state_dict.items():
@@ -164,11 +175,11 @@ def _map_state_dict(
             dropped_log[f"{source}:{key}"] = reason
         else:
             if new_key in mapped:
-                raise ConversionError(f"{source}: two keys map to {new_key!r} (the second is {key!r}).")
+                raise ConversionError(f"{name}: two keys map to {new_key!r} (the second is {key!r}).")
             mapped[new_key] = tensor
     if unknown:
         raise ConversionError(
-            f"{source} has {len(unknown)} key(s) the converter does not know: {sorted(unknown)[:20]}"
+            f"{name} has {len(unknown)} key(s) the converter does not know: {sorted(unknown)[:20]}"
             f"{' ...' if len(unknown) > 20 else ''}. Check that it is the released SQ-LLaVA layout; if these keys are "
             "legitimately unused, add them to the dropped-key table with the reason."
         )
@@ -176,7 +187,7 @@ def _map_state_dict(
 
 
 def convert_projector_state_dict(
-    original: Mapping[str, torch.Tensor], *, dropped_log: dict[str, str] | None = None
+    original: Mapping[str, torch.Tensor], *, dropped_log: dict[str, str] | None = None, where: str | None = None
 ) -> dict[str, torch.Tensor]:
     r"""Map the released cluster-projector weights to a `SQLlavaMultiModalProjector` state dict.
 
@@ -187,6 +198,7 @@ def convert_projector_state_dict(
     Args:
         original (`dict[str, torch.Tensor]`): the released projector weights.
         dropped_log (`dict`, *optional*): receives `{key: reason}` for every dropped key.
+        where (`str`, *optional*): the file the weights come from, named in the errors.
 
     Returns:
         `dict[str, torch.Tensor]`: loadable with `SQLlavaMultiModalProjector(config).load_state_dict(..., strict=True)`.
@@ -208,11 +220,14 @@ def convert_projector_state_dict(
             raise ConversionError(f"Projector key {short!r} appears twice (with different prefixes), e.g. {key!r}.")
         stripped[short] = tensor
     log: dict[str, str] = {} if dropped_log is None else dropped_log
-    mapped = _map_state_dict(stripped, PROJECTOR_KEY_RENAMES, PROJECTOR_DROPPED_KEYS, "projector", dropped_log=log)
+    mapped = _map_state_dict(
+        stripped, PROJECTOR_KEY_RENAMES, PROJECTOR_DROPPED_KEYS, "projector", dropped_log=log, where=where
+    )
     missing = [key for key in REQUIRED_PROJECTOR_KEYS if key not in mapped]
     if missing:
         raise ConversionError(
-            f"The projector weights miss {missing} (got {sorted(original)}); pass the released "
+            f"The projector weights{f' in {where}' if where else ''} miss {missing} (got {sorted(original)}); pass "
+            "the released "
             "non_lora_trainables file of a `mm_projector_type: cluster` model."
         )
     for name in ("extractor.sim_alpha", "extractor.sim_beta"):
@@ -230,35 +245,59 @@ def convert_projector_state_dict(
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file, or a pickle `.bin`/`.pt` loaded with `weights_only=True` (no code runs)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A `.safetensors` file, or a pickle `.bin`/`.pt` loaded with `weights_only=True` (no code runs).
 
-        return load_file(str(path))
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    raise ValueError(f"Unsupported weights file {str(path)!r}: expected .safetensors or .bin.")
+    Raises:
+        ValueError: naming the file when it is truncated, damaged, of another format, or a pickle holding more than
+            tensors (`hub_upload.files.load_state_file`).
+    """
+    from hub_upload.files import load_state_file
+
+    return load_state_file(path)
 
 
-def load_weights(folder: str | os.PathLike, stems: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """All weights of `folder` saved as `<stem>.safetensors`, `<stem>.bin` or sharded with an index (safetensors first)."""
+def weights_files(folder: str | os.PathLike, stems: tuple[str, ...]) -> list[Path]:
+    """The weights files of `folder` saved as `<stem>.safetensors`, `<stem>.bin` or sharded with an index.
+
+    Safetensors first. Shards named by an index must be files inside `folder`.
+
+    Raises:
+        ValueError: no weights, or an index that is unreadable, lacks `weight_map` or names a shard that is missing
+            or outside the folder; the message names the file.
+    """
+    from hub_upload.files import read_json
+
     folder = Path(folder)
     for stem in stems:
         for suffix in (".safetensors", ".bin"):
             single, index = folder / f"{stem}{suffix}", folder / f"{stem}{suffix}.index.json"
             if single.is_file():
-                return load_weights_file(single)
+                return [single]
             if index.is_file():
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                state: dict[str, torch.Tensor] = {}
-                for shard in shards:
-                    state.update(load_weights_file(folder / shard))
-                return state
+                weight_map = read_json(index, what="a sharded-weights index").get("weight_map")
+                if not isinstance(weight_map, dict) or not weight_map:
+                    raise ValueError(f"{index}: no `weight_map` object (tensor name -> shard file); not an index.")
+                shards = []
+                for shard in sorted(set(map(str, weight_map.values()))):
+                    path = (folder / shard).resolve()
+                    if path.parent != folder.resolve() or not path.is_file():
+                        raise ValueError(
+                            f"{index}: `weight_map` names the shard {shard!r}, which is not a file in {folder}."
+                        )
+                    shards.append(folder / shard)
+                return shards
     raise ValueError(
         f"No weights in {str(folder)!r}: expected one of "
         f"{[f'{s}{x}' for s in stems for x in ('.safetensors', '.bin', '.safetensors.index.json', '.bin.index.json')]}."
     )
+
+
+def load_weights(folder: str | os.PathLike, stems: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """All weights of `folder` (see `weights_files`), merged into one state dict."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weights_files(folder, stems):
+        state.update(load_weights_file(path))
+    return state
 
 
 def resolve_folder(path_or_repo: str, name: str, allow_patterns: list[str] | None = None) -> Path:
@@ -285,17 +324,25 @@ def resolve_folder(path_or_repo: str, name: str, allow_patterns: list[str] | Non
 
 
 def read_adapter_config(folder: Path, name: str) -> dict[str, Any]:
+    """The LoRA `adapter_config.json` of `folder`, with the settings the merge relies on checked (type and value)."""
+    from hub_upload.files import LORA_ADAPTER_TYPES, check_types, read_json
+
     path = folder / "adapter_config.json"
     if not path.is_file():
         raise ValueError(f"{name}={str(folder)!r} has no adapter_config.json; pass the PEFT adapter folder.")
-    config = json.loads(path.read_text())
+    config = read_json(path, what="the PEFT adapter_config.json")
+    check_types(config, LORA_ADAPTER_TYPES, path)
     for flag in ("use_dora", "fan_in_fan_out"):
         if config.get(flag):
-            raise ValueError(f"{name}: adapter_config.json sets {flag}=true, which this converter does not merge.")
+            raise ValueError(f"{path} sets {flag}=true, which this converter does not merge.")
     if config.get("bias", "none") != "none":
-        raise ValueError(f"{name}: adapter_config.json has bias={config['bias']!r}; only bias='none' is supported.")
+        raise ValueError(f"{path} has bias={config['bias']!r}; only bias='none' is supported.")
     if "r" not in config or "lora_alpha" not in config:
-        raise ValueError(f"{name}: adapter_config.json lacks `r` or `lora_alpha`; it is not a LoRA adapter config.")
+        raise ValueError(f"{path} lacks `r` or `lora_alpha`; it is not a LoRA adapter config.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        for pattern, value in (config.get(key) or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{path}: `{key}.{pattern}` = {value!r} must be a number.")
     return config
 
 
@@ -329,8 +376,13 @@ def merge_lora(
     source: str,
     dropped_log: dict[str, str],
     key_filter=None,
+    where: str | None = None,
 ) -> int:
-    """Merge `W += scaling * B @ A` (float32) into `state_dict` for every LoRA pair; returns the number merged."""
+    """Merge `W += scaling * B @ A` (float32) into `state_dict` for every LoRA pair; returns the number merged.
+
+    `where` (the adapter's file) is named in the errors.
+    """
+    name = f"{source} ({where})" if where else source
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
     for key, tensor in adapter_weights.items():
@@ -342,27 +394,27 @@ def merge_lora(
         pairs.setdefault(match["module"], {})[match["part"]] = tensor
     if unknown:
         raise ConversionError(
-            f"{source} has {len(unknown)} key(s) that are not LoRA A/B weights under {prefixes}: {sorted(unknown)[:20]}."
+            f"{name} has {len(unknown)} key(s) that are not LoRA A/B weights under {prefixes}: {sorted(unknown)[:20]}."
         )
     merged = 0
     for module, parts in sorted(pairs.items()):
         if set(parts) != {"A", "B"}:
-            raise ConversionError(f"{source}: LoRA of {module!r} has only lora_{''.join(parts)}; both A and B needed.")
+            raise ConversionError(f"{name}: LoRA of {module!r} has only lora_{''.join(parts)}; both A and B needed.")
         target, reason = rename_key(f"{module}.weight", renames, dropped)
         if target is not None and key_filter is not None:
             target, reason = key_filter(target, f"{module}.weight")
         if target is None and reason is None:
-            raise ConversionError(f"{source}: LoRA targets {module!r}, which is not a known weight of the tower.")
+            raise ConversionError(f"{name}: LoRA targets {module!r}, which is not a known weight of the tower.")
         if target is None:
             dropped_log[f"{source}:{module}.lora_A/B"] = reason
             continue
         if target not in state_dict:
-            raise ConversionError(f"{source}: LoRA targets {target!r}, which the base checkpoints do not provide.")
+            raise ConversionError(f"{name}: LoRA targets {target!r}, which the base checkpoints do not provide.")
         lora_a, lora_b = parts["A"].float(), parts["B"].float()
         weight = state_dict[target]
         if lora_a.shape[0] != lora_b.shape[1] or (lora_b.shape[0], lora_a.shape[1]) != tuple(weight.shape):
             raise ConversionError(
-                f"{source}: LoRA of {module!r} has A {tuple(lora_a.shape)}, B {tuple(lora_b.shape)}, which do not fit "
+                f"{name}: LoRA of {module!r} has A {tuple(lora_a.shape)}, B {tuple(lora_b.shape)}, which do not fit "
                 f"the weight {target!r} of shape {tuple(weight.shape)}."
             )
         # The module name PEFT matched patterns against (without the PeftModel wrapper prefix).
@@ -463,6 +515,7 @@ def convert_state_dicts(
     projector_state: Mapping[str, torch.Tensor],
     llm_lora: tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None = None,
     vit_lora: tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The full float32 SQ-LLaVA state dict from the released pieces (LoRA merged), and a report.
 
@@ -473,12 +526,15 @@ def convert_state_dicts(
         projector_state: `non_lora_trainables` (released projector keys).
         llm_lora: `(weights, adapter_config)` of the LLM LoRA, or `None`.
         vit_lora: `(weights, adapter_config)` of the ViT LoRA, or `None`.
+        sources: the file(s) each piece was read from (`"model-base"`, `"vision-tower"`, `"projector"`,
+            `"llm-lora"`, `"vit-lora"`), named in the errors.
 
     Returns:
         `(state_dict, report)`; report has `dropped` (`{key: reason}`) and `merged_lora` (`{"llm": n, "vit": n}`).
     """
     dropped: dict[str, str] = {}
     num_layers = config.num_vision_layers
+    sources = dict(sources or {})
 
     def keep_used_vision_layers(new_key: str, key: str):
         match = re.match(r"^model\.vision_tower\.encoder\.layers\.(\d+)\.", new_key)
@@ -486,7 +542,14 @@ def convert_state_dicts(
             return None, f"CLIP layer {match.group(1)} runs after vision_feature_layer (only {num_layers} are used)"
         return new_key, None
 
-    state = _map_state_dict(llm_state, LLM_KEY_RENAMES, LLM_DROPPED_KEYS, "model-base", dropped_log=dropped)
+    state = _map_state_dict(
+        llm_state,
+        LLM_KEY_RENAMES,
+        LLM_DROPPED_KEYS,
+        "model-base",
+        dropped_log=dropped,
+        where=sources.get("model-base"),
+    )
     state.update(
         _map_state_dict(
             vision_state,
@@ -495,9 +558,10 @@ def convert_state_dicts(
             "vision-tower",
             dropped_log=dropped,
             key_filter=keep_used_vision_layers,
+            where=sources.get("vision-tower"),
         )
     )
-    projector = convert_projector_state_dict(projector_state, dropped_log=dropped)
+    projector = convert_projector_state_dict(projector_state, dropped_log=dropped, where=sources.get("projector"))
     state.update({f"model.multi_modal_projector.{k}": v for k, v in projector.items()})
     state = {k: v.float() for k, v in state.items()}
 
@@ -512,6 +576,7 @@ def convert_state_dicts(
             dropped=LLM_DROPPED_KEYS,
             source="llm-lora",
             dropped_log=dropped,
+            where=sources.get("llm-lora"),
         )
     if vit_lora is not None:
         merged["vit"] = merge_lora(
@@ -524,6 +589,7 @@ def convert_state_dicts(
             source="vit-lora",
             dropped_log=dropped,
             key_filter=keep_used_vision_layers,
+            where=sources.get("vit-lora"),
         )
 
     vocab = config.text_config.vocab_size
@@ -545,8 +611,24 @@ def _empty_weights():
         yield
 
 
-def build_model(config, state_dict: Mapping[str, torch.Tensor]):
-    """`SQLlavaForConditionalGeneration(config)` built without allocating weights, then loaded with `strict=True`."""
+# Which released piece provides each part of the model (for the errors of `build_model`).
+_PIECE_OF_PREFIX = {
+    "model.language_model.": "model-base",
+    "lm_head.": "model-base",
+    "model.vision_tower.": "vision-tower",
+    "model.multi_modal_projector.": "projector",
+}
+
+
+def build_model(config, state_dict: Mapping[str, torch.Tensor], sources: Mapping[str, str] | None = None):
+    """`SQLlavaForConditionalGeneration(config)` built without allocating weights, then loaded with `strict=True`.
+
+    Args:
+        config (`SQLlavaConfig`): the target config.
+        state_dict: the converted weights (`convert_state_dicts`).
+        sources (`Mapping[str, str]`, *optional*): the files of each released piece (see `convert_state_dicts`):
+            a missing weight is reported with the file that should have provided it.
+    """
     from modeling_sqllava import SQLlavaForConditionalGeneration
 
     with _empty_weights():
@@ -555,9 +637,19 @@ def build_model(config, state_dict: Mapping[str, torch.Tensor]):
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
+        by_piece: dict[str, list[str]] = {}
+        for key in missing:
+            piece = next((p for prefix, p in _PIECE_OF_PREFIX.items() if key.startswith(prefix)), "other")
+            by_piece.setdefault(piece, []).append(key)
+        where = "; ".join(
+            f"from {piece}{f' ({sources[piece]})' if sources and piece in sources else ''}: {keys[:20]}"
+            f"{' ...' if len(keys) > 20 else ''}"
+            for piece, keys in by_piece.items()
+        )
         raise ConversionError(
-            f"The released checkpoints do not cover the SQ-LLaVA model: missing {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}; unexpected {unexpected[:20]}."
+            f"The released checkpoints do not cover the SQ-LLaVA model: missing {len(missing)} weight(s) "
+            f"{where or '[]'}; unexpected {unexpected[:20]}. A truncated or partial checkpoint file, or the files of "
+            "another model size."
         )
     mismatched = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
@@ -581,7 +673,7 @@ def convert_original_checkpoint(
     vit_lora: str | None = None,
     vision_tower: str | None = None,
     tokenizer: str | None = None,
-    dtype: str = "float16",
+    dtype: str = "bfloat16",
     max_shard_size: str = "5GB",
     num_prototypes: int = ORIGINAL_NUM_PROTOTYPES,
     prototype_iterations: int = ORIGINAL_PROTOTYPE_ITERATIONS,
@@ -600,7 +692,8 @@ def convert_original_checkpoint(
             without one the CLIP tower is used as released, with a warning).
         vision_tower (`str`, *optional*): CLIP folder or Hub id (default `mm_vision_tower` of the config).
         tokenizer (`str`, *optional*): tokenizer folder (default `model_base`, then `model_path`).
-        dtype (`str`, *optional*, defaults to `"float16"`): export dtype (the released models ran in float16).
+        dtype (`str`, *optional*, defaults to `"bfloat16"`): export dtype (the released models were trained in
+            bfloat16; `"float16"` is what the authors' evaluation ran in).
         max_shard_size (`str`, *optional*, defaults to `"5GB"`): safetensors shard size.
         num_prototypes (`int`, *optional*, defaults to 256): K, hard-coded to 256 by the original builder.
         prototype_iterations (`int`, *optional*, defaults to 2): T, hard-coded to 2 by the original builder.
@@ -628,11 +721,12 @@ def convert_original_checkpoint(
     from hub_upload.export import (
         _check_dtype,
         build_model_card,
-        compute_logits,
+        compute_reference,
         fixed_verification_inputs,
         verify_export_folder,
         write_export_folder,
     )
+    from hub_upload.files import CLIP_VISION_TYPES, LLAVA_TYPES, check_types, read_json
     from processing import SQLlavaProcessor, add_sqllava_special_tokens
 
     _check_dtype(dtype)
@@ -641,7 +735,8 @@ def convert_original_checkpoint(
     config_path = model_path_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"model_path={model_path!r} has no config.json (the LLaVA config of the released model).")
-    llava_config = json.loads(config_path.read_text())
+    llava_config = read_json(config_path, what="the LLaVA config.json of the released model")
+    check_types(llava_config, LLAVA_TYPES, config_path)
 
     if vit_lora is None and (model_path_dir / "Vit-lora").is_dir():
         vit_lora = str(model_path_dir / "Vit-lora")
@@ -651,23 +746,44 @@ def convert_original_checkpoint(
     if not vision_tower:
         raise ValueError("config.json has no mm_vision_tower; pass --vision-tower (the CLIP checkpoint).")
     vision_dir = resolve_folder(vision_tower, "vision_tower")
-    vision_config = json.loads((vision_dir / "config.json").read_text())
+    vision_config_path = vision_dir / "config.json"
+    vision_config = read_json(vision_config_path, what="the CLIP config.json of the vision tower")
+    check_types(vision_config, {"vision_config": CLIP_VISION_TYPES, **CLIP_VISION_TYPES}, vision_config_path)
 
     tokenizer_source = tokenizer or next(
         (str(d) for d in (model_base_dir, model_path_dir) if (d / "tokenizer_config.json").is_file()), None
     )
     if tokenizer_source is None:
         raise ValueError(f"No tokenizer in {model_base!r} or {model_path!r}; pass --tokenizer (the Vicuna tokenizer).")
-    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    # Never the folder's own tokenizer code (and never transformers' interactive "run it? [y/N]" prompt): a known
+    # tokenizer class loads with transformers' own code, whatever the folder's `auto_map` says.
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{Path(tokenizer_source, 'tokenizer_config.json')} asks for custom tokenizer code, and the converter "
+            "never runs code from the folders it converts: pass --tokenizer with a standard Llama/Vicuna tokenizer."
+        ) from None
     original_vocab = len(tok)
     add_sqllava_special_tokens(tok)
     image_token_id, pad_token_id = tok.convert_tokens_to_ids("<image>"), tok.pad_token_id
 
+    def files_of(folder: Path, stems: tuple[str, ...]) -> str:
+        return ", ".join(str(path) for path in weights_files(folder, stems))
+
+    sources = {
+        "model-base": files_of(model_base_dir, ("model", "pytorch_model")),
+        "vision-tower": files_of(vision_dir, ("model", "pytorch_model")),
+        "projector": files_of(model_path_dir, ("non_lora_trainables",)),
+    }
     llm_state = load_weights(model_base_dir, ("model", "pytorch_model"))
     embed_rows = llm_state["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in llm_state else 0
     if embed_rows < original_vocab:
         raise ConversionError(
-            f"model_base has {embed_rows} embedding rows but its tokenizer {original_vocab} tokens: not a matching pair."
+            f"model_base ({sources['model-base']}) has {embed_rows} rows in `model.embed_tokens.weight` but its "
+            f"tokenizer {original_vocab} tokens: not a matching pair."
         )
     vocab_size = max(embed_rows, math.ceil(len(tok) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
     config = build_sqllava_config(
@@ -682,6 +798,7 @@ def convert_original_checkpoint(
 
     llm_lora = None
     if (model_path_dir / "adapter_config.json").is_file():
+        sources["llm-lora"] = files_of(model_path_dir, ("adapter_model",))
         llm_lora = (
             load_weights(model_path_dir, ("adapter_model",)),
             read_adapter_config(model_path_dir, "model_path"),
@@ -691,6 +808,7 @@ def convert_original_checkpoint(
     vit = None
     if vit_lora is not None:
         vit_dir = resolve_folder(vit_lora, "vit_lora")
+        sources["vit-lora"] = files_of(vit_dir, ("adapter_model",))
         vit = (load_weights(vit_dir, ("adapter_model",)), read_adapter_config(vit_dir, "vit_lora"))
     state, conversion = convert_state_dicts(
         config,
@@ -699,9 +817,10 @@ def convert_original_checkpoint(
         projector_state=load_weights(model_path_dir, ("non_lora_trainables",)),
         llm_lora=llm_lora,
         vit_lora=vit,
+        sources=sources,
     )
     del llm_state
-    model = build_model(config, state)
+    model = build_model(config, state, sources=sources)
     del state
     model.generation_config.bos_token_id = tok.bos_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -710,7 +829,7 @@ def convert_original_checkpoint(
     image_processor_kwargs = {}
     preprocessor = vision_dir / "preprocessor_config.json"
     if preprocessor.is_file():
-        values = json.loads(preprocessor.read_text())
+        values = read_json(preprocessor, what="the CLIP preprocessor_config.json")
         image_processor_kwargs = {k: values[k] for k in ("image_mean", "image_std") if k in values}
     vision = config.vision_config
     processor = SQLlavaProcessor.from_tokenizer(
@@ -722,7 +841,7 @@ def convert_original_checkpoint(
     )
 
     inputs = fixed_verification_inputs(config)
-    reference = compute_logits(model, inputs) if verify else None
+    reference = compute_reference(model, inputs) if verify else None
     hub_ids = [p for p in (model_path, model_base) if not Path(p).exists() and p.count("/") == 1]
     card = build_model_card(
         config,
@@ -771,14 +890,14 @@ def convert_original_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--model-base", required=True, help="LLaVA-format base LLM (folder or Hub id).")
     parser.add_argument("--model-path", required=True, help="Released model: config.json, LoRA, non_lora_trainables.")
     parser.add_argument("--vit-lora", default=None, help="ViT-LoRA adapter (default <model-path>/Vit-lora).")
     parser.add_argument("--vision-tower", default=None, help="CLIP checkpoint (default mm_vision_tower).")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder (default: --model-base).")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--dtype", default="float16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--max-shard-size", default="5GB")
     parser.add_argument("--num-prototypes", type=int, default=ORIGINAL_NUM_PROTOTYPES)
     parser.add_argument("--prototype-iterations", type=int, default=ORIGINAL_PROTOTYPE_ITERATIONS)

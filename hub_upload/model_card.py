@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,8 @@ DEFAULT_CITATION = """@inproceedings{sun2024sqllava,
   eprint    = {2403.11299},
   archivePrefix = {arXiv}
 }"""
+# A Hub model id (`owner/name`, or a bare legacy name); paths (`/x`, `./x`, `a/b/c`) do not match.
+_HUB_ID = re.compile(r"^(?:[\w-][\w.-]*/)?[\w-][\w.-]*$")
 # Keys of `metrics[benchmark]` that describe the benchmark rather than hold a score.
 _EVAL_DESCRIPTION_KEYS = ("dataset", "split", "config")
 # Labels for the measured figures the training recipes report; other keys are shown as given.
@@ -48,7 +51,7 @@ FIGURE_LABELS = {
 def render_model_card(
     *,
     repo_id: str,
-    base_model: str | list[str],
+    base_model: str | list[str] | None,
     datasets: str | list[str] | None,
     license: str,
     training_config: Mapping[str, Any] | None = None,
@@ -66,7 +69,8 @@ def render_model_card(
 
     Args:
         repo_id: the repo the card is for (`namespace/name`); used in the usage snippets.
-        base_model: Hub id(s) of the models the weights derive from (e.g. the Vicuna LLM and the CLIP tower).
+        base_model: Hub id(s) of the models the weights derive from (e.g. the Vicuna LLM and the CLIP tower), or
+            `None` when they come from local checkpoints only: the card then claims no base model.
         datasets: Hub id(s) of the training datasets, or `None`.
         license: Hub license identifier (e.g. `"llama2"`, `"apache-2.0"`).
         training_config: the configuration actually used, rendered as a table. Either flat
@@ -91,8 +95,13 @@ def render_model_card(
         raise ValueError(f"repo_id={repo_id!r} must be 'namespace/name' (e.g. 'your-name/sqllava-7b').")
     if not isinstance(license, str) or not license:
         raise ValueError(f"license={license!r} must be a Hub license identifier such as 'llama2' or 'apache-2.0'.")
-    if not base_model:
-        raise ValueError(f"base_model={base_model!r} must name the Hub model(s) the weights derive from.")
+    if base_model is not None:
+        names = _as_list(base_model)
+        if not names or not all(isinstance(m, str) and _HUB_ID.match(m) for m in names):
+            raise ValueError(
+                f"base_model={base_model!r} must name the Hub model(s) the weights derive from ('owner/name'), or be "
+                "None when they come from local checkpoints (a local path is not a Hub id)."
+            )
     for name, value in (("training_config", training_config), ("metrics", metrics), ("figures", figures)):
         if value is not None and not isinstance(value, Mapping):
             raise TypeError(f"{name} must be a mapping or None, got {type(value).__name__}: {value!r}.")
@@ -138,7 +147,8 @@ def render_model_card(
         ),
         (
             f"- Paper: [{PAPER_URL}]({PAPER_URL})\n- Original code: [{ORIGINAL_CODE_URL}]({ORIGINAL_CODE_URL})\n"
-            f"- Base model(s): {', '.join(f'`{m}`' for m in _as_list(base_model))}"
+            "- Base model(s): "
+            + (", ".join(f"`{m}`" for m in _as_list(base_model)) if base_model else "not recorded (local checkpoints)")
         ),
         "## Usage\n\nThe model code ships with the repo, so loading needs `trust_remote_code=True`.",
         "### transformers 5.x\n\n" + _usage_snippet(repo_id, "AutoModelForImageTextToText", "dtype"),

@@ -9,6 +9,12 @@ Why `create_commit` and not `upload_folder`: recent huggingface_hub versions rou
 uploader that may split a large folder into several commits; building the operations here keeps the push to exactly
 one atomic commit, and the dry run lists exactly the files that the real push sends.
 
+Nothing leaves the folder that should not: only regular files inside it are uploaded, and a push (a dry run too)
+is refused, before any request, when the folder holds a symbolic link, a secret (`.env`, `.netrc`, keys, token
+files, `.git/`, a file holding a Hugging Face token, ...) or a pickle recognised by its content (whatever its name:
+a pickle called `model.safetensors` is refused). The rules are in `hub_upload.safety`; a pickle you really mean to
+publish is allowed by naming it: `--allow-pickle training_args.bin`.
+
 Re-running a push is idempotent: huggingface_hub asks the Hub for the current version of every file (`preupload`) and
 drops unchanged files from the commit; when nothing changed it makes no commit at all and the returned URL is that of
 the current head commit.
@@ -19,17 +25,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safety import Refusal, describe_refusals, pickle_reason, scan_folder
+
 logger = logging.getLogger(__name__)
 
-# Pickle-based formats execute code when loaded; the export is safetensors-only.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-# Never part of a model repo: VCS data, huggingface_hub's local-upload cache, Python bytecode.
-IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
-IGNORED_SUFFIXES = (".pyc", ".pyo")
 DEFAULT_COMMIT_MESSAGE = "Upload SQ-LLaVA model"
+
+
+class UploadRefusedError(ValueError):
+    """The folder holds files that must not be published (links, secrets, pickles); nothing was sent.
+
+    `refusals` lists each one (`hub_upload.safety.Refusal`: path, reason, kind).
+    """
+
+    def __init__(self, folder, refusals: list[Refusal]):
+        super().__init__(describe_refusals(folder, refusals))
+        self.refusals = refusals
 
 
 @dataclass(frozen=True)
@@ -41,35 +57,54 @@ class PlannedFile:
     size: int
 
 
-def plan_upload(folder: str | os.PathLike, *, allow_pickle: bool = False) -> list[PlannedFile]:
-    """List the files of `folder` that a push uploads, sorted by repo path.
+def plan_upload(folder: str | os.PathLike, *, allow_pickle: Iterable[str] = ()) -> list[PlannedFile]:
+    """List the files of `folder` that a push uploads, sorted by repo path, or refuse the whole push.
+
+    What is refused, and why, is described in `hub_upload.safety`: symbolic links and other non-regular files,
+    secrets (by name, and files holding a Hugging Face token), and pickles recognised by their content whatever their
+    name. Caches (`.cache/`, `__pycache__/`, `*.pyc`) are left out silently.
 
     Args:
         folder: the exported model folder.
-        allow_pickle: accept pickle files (`*.bin`, `*.pt`, `*.pkl`, ...); by default they make the push fail, since the
-            export writes safetensors only and a pickle on the Hub runs code on whoever loads it.
+        allow_pickle: paths in the folder (posix, as in the repo, e.g. `"training_args.bin"`) of pickles to publish
+            anyway. Each must name a pickle the folder holds; every other pickle is still refused.
 
     Raises:
-        ValueError: if `folder` is not a directory, is empty, or holds pickle files while `allow_pickle` is False.
+        ValueError: if `folder` is not a directory, holds nothing to upload, or `allow_pickle` names a file that is
+            not a pickle of the folder.
+        TypeError: if `allow_pickle` is not a list of paths (e.g. `True`).
+        UploadRefusedError (a `ValueError`): the folder holds files that must not be published; all are listed.
     """
+    names = list(allow_pickle) if not isinstance(allow_pickle, (bool, str)) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(
+            f"allow_pickle={allow_pickle!r} must list the paths of the pickles to publish (e.g. "
+            "['training_args.bin'], on the command line `--allow-pickle training_args.bin`), one per file."
+        )
+    allowed = {name.removeprefix("./") for name in names}
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"folder={str(folder)!r} is not a directory; pass the folder written by the exporter.")
-    planned = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if not path.is_file() or IGNORED_DIRS.intersection(relative.parts[:-1]) or path.suffix in IGNORED_SUFFIXES:
-            continue
-        planned.append(PlannedFile(relative.as_posix(), path, path.stat().st_size))
+    files, refusals = scan_folder(root)
+    pickles = {item.path: reason for item in files if (reason := pickle_reason(item.local_path)) is not None}
+    unknown = sorted(allowed - set(pickles))
+    if unknown:
+        raise ValueError(
+            f"allow_pickle names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not a pickle file of "
+            f"{str(folder)!r} (pickles found: {sorted(pickles) or 'none'}); give paths relative to the folder."
+        )
+    refusals += [
+        Refusal(path, f"{reason}: loading it runs code", "pickle")
+        for path, reason in pickles.items()
+        if path not in allowed
+    ]
+    if refusals:
+        raise UploadRefusedError(folder, sorted(refusals, key=lambda r: r.path))
+    for path in sorted(allowed):
+        logger.warning("Publishing the pickle %s (allowed by name): whoever loads it runs its code.", path)
+    planned = [PlannedFile(item.path, item.local_path, item.size) for item in files]
     if not planned:
         raise ValueError(f"folder={str(folder)!r} holds no file to upload.")
-    pickles = [item.path_in_repo for item in planned if item.path_in_repo.lower().endswith(PICKLE_SUFFIXES)]
-    if pickles and not allow_pickle:
-        raise ValueError(
-            f"folder={str(folder)!r} holds pickle files {pickles}; the export must be safetensors-only. Re-export with "
-            "safetensors (`save_pretrained(..., safe_serialization=True)`), delete them, or pass allow_pickle=True "
-            "(`--allow-pickle`) if you really mean to publish them."
-        )
     return planned
 
 
@@ -101,7 +136,7 @@ def push_folder(
     dry_run: bool = False,
     create_pr: bool = False,
     endpoint: str | None = None,
-    allow_pickle: bool = False,
+    allow_pickle: Iterable[str] = (),
     delete_missing: bool = False,
 ) -> str | list[PlannedFile]:
     """Create the repo if needed and upload `folder` to it in one commit.
@@ -117,7 +152,9 @@ def push_folder(
         dry_run: print the files that would be uploaded (paths and sizes) and return them, without any network call.
         create_pr: open a pull request (against `revision`, or `main`) instead of committing directly.
         endpoint: Hub endpoint (default `HF_ENDPOINT` or https://huggingface.co).
-        allow_pickle: allow `*.bin`/`*.pt`/`*.pkl` files (refused by default; the export is safetensors-only).
+        allow_pickle: paths in `folder` of pickle files to publish anyway (each named; see `plan_upload`). Links,
+            secrets and every other pickle are refused whatever this says (`UploadRefusedError`, before any request,
+            in a dry run too).
         delete_missing: also delete files of the remote revision that are not in `folder` (except `.gitattributes`),
             e.g. stale weight shards of an earlier export with a different sharding.
 
@@ -183,6 +220,7 @@ def push_folder(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m hub_upload.push",
+        allow_abbrev=False,
         description="Upload an exported SQ-LLaVA folder to the Hugging Face Hub in one commit.",
     )
     parser.add_argument("folder", help="exported model folder")
@@ -194,25 +232,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--dry-run", action="store_true", help="print what would be uploaded; no network call")
     parser.add_argument(
-        "--allow-pickle", action="store_true", help="allow *.bin/*.pt/*.pkl files (refused by default)"
+        "--allow-pickle",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="publish this pickle file (path inside FOLDER) although pickles run code when loaded; repeat per file",
     )
     parser.add_argument("--delete-missing", action="store_true", help="delete remote files absent from FOLDER")
     parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = push_folder(
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        commit_description=args.commit_description,
-        dry_run=args.dry_run,
-        create_pr=args.create_pr,
-        endpoint=args.endpoint,
-        allow_pickle=args.allow_pickle,
-        delete_missing=args.delete_missing,
-    )
+    try:
+        result = push_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            commit_description=args.commit_description,
+            dry_run=args.dry_run,
+            create_pr=args.create_pr,
+            endpoint=args.endpoint,
+            allow_pickle=args.allow_pickle,
+            delete_missing=args.delete_missing,
+        )
+    except UploadRefusedError as error:
+        # The refusal is the answer, not a crash: print it without a traceback (a dry run shows it the same way).
+        print(("[dry run] " if args.dry_run else "") + str(error), file=sys.stderr)
+        raise SystemExit(1) from None
     if not args.dry_run:
         print(result)
 

@@ -716,7 +716,8 @@ class SQLlavaForConditionalGeneration(SQLlavaPreTrainedModel, GenerationMixin):
 
         load_kwargs = {"dtype": dtype} if dtype is not None else {}
         vision = CLIPVisionModel.from_pretrained(vision_path, **load_kwargs)
-        text = AutoModelForCausalLM.from_pretrained(text_path, **load_kwargs)
+        # A user's folder: its own code never runs (and transformers never prompts to run it).
+        text = AutoModelForCausalLM.from_pretrained(text_path, trust_remote_code=False, **load_kwargs)
         text_vocab = text.get_input_embeddings().weight.shape[0]
 
         if tokenizer is not None:

@@ -265,10 +265,11 @@ def build_processor_from_towers(vision_path: str, text_path: str, *, image_size:
 
     from processing import SQLlavaProcessor
 
-    vision_config = AutoConfig.from_pretrained(vision_path)
+    # Stage 1 takes the towers' paths from the user: their own code never runs (no interactive prompt either).
+    vision_config = AutoConfig.from_pretrained(vision_path, trust_remote_code=False)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP checkpoint works too
     image_size = image_size or vision_config.image_size
-    tokenizer = AutoTokenizer.from_pretrained(text_path)
+    tokenizer = AutoTokenizer.from_pretrained(text_path, trust_remote_code=False)
     return SQLlavaProcessor.from_tokenizer(tokenizer, image_size=image_size, patch_size=vision_config.patch_size)
 
 

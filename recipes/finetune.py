@@ -60,7 +60,7 @@ def build_stage2_model(model_args: ModelArguments):
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required in stage 2: the folder written by recipes/pretrain.py.")
-    processor = SQLlavaProcessor.from_pretrained(model_args.model_name_or_path)
+    processor = SQLlavaProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
     model = SQLlavaForConditionalGeneration.from_pretrained(
         model_args.model_name_or_path,
         dtype=model_args.torch_dtype(),

@@ -70,15 +70,27 @@ def vicuna_like_tokenizer():
     return tokenizer
 
 
-def random_lora(generator, out_features: int, in_features: int, r: int):
-    lora_a = torch.randn(r, in_features, generator=generator) * 0.3
-    return lora_a, torch.randn(out_features, r, generator=generator) * 0.3
+def random_lora(generator, out_features: int, in_features: int, r: int, std: float = 0.3):
+    lora_a = torch.randn(r, in_features, generator=generator) * std
+    return lora_a, torch.randn(out_features, r, generator=generator) * std
 
 
 def write_released_checkpoint(
-    root: Path, *, vision_key_style: str = "4.x", weights_format: str = "bin", tokenizer=None
+    root: Path,
+    *,
+    vision_key_style: str = "4.x",
+    weights_format: str = "bin",
+    tokenizer=None,
+    vision: dict = VISION,
+    text: dict = TEXT,
+    lora_std: float = 0.3,
 ) -> dict:
-    """Write the four released pieces under `root`; returns their raw tensors for the reference."""
+    """Write the four released pieces under `root`; returns their raw tensors for the reference.
+
+    The default scales (LoRA entries of std 0.3, Llama initializer range 0.1) make every piece move the logits, for
+    the float32 comparison with the reference; `lora_std`, `text` and `vision` give a better-conditioned checkpoint,
+    like a trained one, for the half-precision checks.
+    """
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
@@ -92,7 +104,7 @@ def write_released_checkpoint(
 
     # --model-base: LLaVA-format Llama (`model.*`, `lm_head.*`), with a stray LLaVA projector and rotary buffers.
     torch.manual_seed(1)
-    llama_config = LlamaConfig(**TEXT, vocab_size=vocab, bos_token_id=1, eos_token_id=2)
+    llama_config = LlamaConfig(**text, vocab_size=vocab, bos_token_id=1, eos_token_id=2)
     llm_state = {k: v.clone() for k, v in LlamaForCausalLM(llama_config).state_dict().items()}
     extra = {
         "model.mm_projector.0.weight": torch.randn(64, 32), "model.mm_projector.0.bias": torch.randn(64),
@@ -107,7 +119,7 @@ def write_released_checkpoint(
 
     # --vision-tower: CLIP with 4.x keys (`vision_model.*`) or as this transformers saves it.
     torch.manual_seed(2)
-    clip = CLIPVisionModel(CLIPVisionConfig(**VISION))
+    clip = CLIPVisionModel(CLIPVisionConfig(**vision))
     clip_state = {k: v.clone() for k, v in clip.state_dict().items()}
     clip_state = {k.removeprefix("vision_model."): v for k, v in clip_state.items()}
     if vision_key_style == "4.x":
@@ -122,16 +134,16 @@ def write_released_checkpoint(
     llava_config = llama_config.to_dict()
     llava_config.update(
         architectures=["LlavaLlamaForCausalLM"], model_type="llava", mm_projector_type="cluster",
-        mm_vision_tower=str(clip_dir), mm_hidden_size=VISION["hidden_size"], mm_vision_select_layer=-2,
+        mm_vision_tower=str(clip_dir), mm_hidden_size=vision["hidden_size"], mm_vision_select_layer=-2,
         mm_vision_select_feature="patch", image_aspect_ratio="pad", mm_use_im_start_end=False,
         mm_use_im_patch_token=False, tune_mm_mlp_adapter=False,
     )  # fmt: skip
     (model_path / "config.json").write_text(json.dumps(llava_config))
     llm_lora = {}
-    for layer in range(TEXT["num_hidden_layers"]):
+    for layer in range(text["num_hidden_layers"]):
         for target in LLM_TARGETS:
             weight = llm_state[f"model.layers.{layer}.{target}.weight"]
-            lora_a, lora_b = random_lora(generator, *weight.shape, LLM_LORA["r"])
+            lora_a, lora_b = random_lora(generator, *weight.shape, LLM_LORA["r"], lora_std)
             llm_lora[f"base_model.model.model.layers.{layer}.{target}.lora_A.weight"] = lora_a
             llm_lora[f"base_model.model.model.layers.{layer}.{target}.lora_B.weight"] = lora_b
     torch.save(llm_lora, model_path / "adapter_model.bin")
@@ -140,7 +152,7 @@ def write_released_checkpoint(
                       **LLM_LORA}  # fmt: skip
     (model_path / "adapter_config.json").write_text(json.dumps(adapter_config))
 
-    d, h = VISION["hidden_size"], TEXT["hidden_size"]
+    d, h = vision["hidden_size"], text["hidden_size"]
     prefix = "base_model.model.model.mm_projector."
     projector = {
         "sim_alpha": torch.full((1, 1, 1), 1.7), "sim_beta": torch.full((1, 1, 1), -0.4),
@@ -155,10 +167,10 @@ def write_released_checkpoint(
 
     # Vit-lora/: a PEFT adapter over the original CLIPVisionTower, every layer (the last one is unused at -2).
     vit_lora = {}
-    for layer in range(VISION["num_hidden_layers"]):
+    for layer in range(vision["num_hidden_layers"]):
         for target in VIT_TARGETS:
             weight = clip_state[f"encoder.layers.{layer}.{target}.weight"]
-            lora_a, lora_b = random_lora(generator, *weight.shape, VIT_LORA["r"])
+            lora_a, lora_b = random_lora(generator, *weight.shape, VIT_LORA["r"], lora_std)
             key = f"base_model.model.vision_tower.vision_model.encoder.layers.{layer}.{target}"
             vit_lora[f"{key}.lora_A.weight"], vit_lora[f"{key}.lora_B.weight"] = lora_a, lora_b
     if weights_format == "bin":
@@ -469,3 +481,178 @@ def test_vicuna_vocabulary_gets_image_32000_pad_32001_and_32064_rows(tmp_path, l
     processor = SQLlavaProcessor.from_pretrained(output)
     assert processor.tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [32000, 32001]
     assert processor.tokenizer.pad_token_id == 32001
+
+
+# ------------------------------------------------------------------------------------ half precision and defaults
+
+
+@pytest.mark.slow
+def test_float16_conversion_with_near_tied_patches_is_accepted_and_its_flips_reported(tmp_path):
+    """As many prototypes as patches (144): many patches are tied to float32 precision. Rounding the weights to
+    float16 moves such a patch to another prototype, which moves the logits by ~10x the float16 tolerance although
+    the conversion is right; with the assignments pinned to the float32 model's, the check passes, and the flips are
+    reported with their similarity gap (a near tie). Run in float16, nearly every patch lands on a tie."""
+    vision = dict(VISION, image_size=168)  # 12 x 12 patches
+    released = write_released_checkpoint(
+        tmp_path / "released", vision=vision, text=dict(TEXT, initializer_range=0.02), lora_std=0.05
+    )
+    report = convert_original_checkpoint(
+        model_base=str(released["base"]), model_path=str(released["model_path"]), output_dir=str(tmp_path / "fp16"),
+        dtype="float16", num_prototypes=144,
+    )  # fmt: skip
+    figures = {k: v for k, v in report.items() if "error" in k or "flip" in k}
+    print("float16 conversion, 144 patches / 144 prototypes:", json.dumps(figures, indent=1))  # pytest -s shows it
+    assert report["verified"] and report["max_relative_error"] < report["tolerance"] == 5e-3
+    assert report["native_relative_error"] < report["native_tolerance"]
+    assert report["max_relative_error"] <= report["unpinned_relative_error"]
+    assert report["native_relative_error"] <= report["native_unpinned_relative_error"]
+    # Ties in float16 arithmetic: the share of patches that flip is large and deterministic enough to bound.
+    assert report["native_prototype_flip_fraction"] > 0.2
+    if report["prototype_flip_fraction"]:  # platform-dependent which float32 near-ties flip; each must be a near tie
+        assert report["prototype_flip_max_margin"] < 1e-4
+
+
+def test_default_dtype_is_the_released_bfloat16(tmp_path, released):
+    from safetensors import safe_open
+
+    convert_main([
+        "--model-base", str(released["base"]), "--model-path", str(released["model_path"]),
+        "--output-dir", str(tmp_path / "out"), "--num-prototypes", str(NUM_PROTOTYPES), "--no-verify",
+    ])  # fmt: skip
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
+
+
+# ----------------------------------------------------------------------------- load errors name file and key
+
+
+class _WritesMarker:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def _damaged_copy(released: dict, tmp_path: Path) -> dict:
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(released["root"], root)
+    return {name: root / released[name].relative_to(released["root"]) for name in ("base", "model_path", "vit_dir")}
+
+
+def _rewrite_bin(path: Path, edit) -> None:
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def _rewrite_json(path: Path, edit) -> None:
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+
+
+LOAD_ERROR_CASES = {
+    "truncated weights": (
+        lambda d: (d["base"] / "pytorch_model.bin").write_bytes((d["base"] / "pytorch_model.bin").read_bytes()[:900]),
+        r"base/pytorch_model.bin could not be read .*truncated",
+    ),
+    "missing tensor": (
+        lambda d: _rewrite_bin(d["base"] / "pytorch_model.bin", lambda s: s.pop("model.norm.weight")),
+        r"missing 1 weight\(s\) from model-base \(.*base/pytorch_model.bin\): \['model.language_model.norm.weight'\]",
+    ),
+    "unknown tensor": (
+        lambda d: _rewrite_bin(
+            d["base"] / "pytorch_model.bin", lambda s: s.update({"model.gate.weight": torch.ones(1)})
+        ),
+        r"model-base \(.*base/pytorch_model.bin\) has 1 key\(s\) the converter does not know: \['model.gate.weight'\]",
+    ),
+    "projector misses a tensor": (
+        lambda d: _rewrite_bin(
+            d["model_path"] / "non_lora_trainables.bin",
+            lambda s: s.pop("base_model.model.model.mm_projector.mlp.2.bias"),
+        ),
+        r"projector weights in .*sqllava-lora/non_lora_trainables.bin miss \['linear_2.bias'\]",
+    ),
+    "config value of the wrong type": (
+        lambda d: _rewrite_json(d["model_path"] / "config.json", lambda c: c.update(hidden_size="64")),
+        r"sqllava-lora/config.json: `hidden_size` = '64' \(str\) must be an integer",
+    ),
+    "config not JSON": (
+        lambda d: (d["model_path"] / "config.json").write_text('{"hidden_size": 64,'),
+        r"sqllava-lora/config.json is not valid JSON",
+    ),
+    "adapter config value of the wrong type": (
+        lambda d: _rewrite_json(d["vit_dir"] / "adapter_config.json", lambda c: c.update(lora_alpha="3")),
+        r"Vit-lora/adapter_config.json: `lora_alpha` = '3' \(str\) must be a number",
+    ),
+    "index without weight_map": (
+        lambda d: [(d["base"] / "pytorch_model.bin").unlink(),
+                   (d["base"] / "pytorch_model.bin.index.json").write_text('{"metadata": {}}')],
+        r"base/pytorch_model.bin.index.json: no `weight_map`",
+    ),
+    "index naming a shard outside the folder": (
+        lambda d: [(d["base"] / "pytorch_model.bin").unlink(), (d["base"] / "pytorch_model.bin.index.json").write_text(
+            json.dumps({"weight_map": {"lm_head.weight": "../clip/model.safetensors"}}))],
+        r"names the shard '../clip/model.safetensors', which is not a file in .*base",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_ERROR_CASES))
+def test_load_errors_name_the_file_and_the_key(tmp_path, released, case):
+    damage, message = LOAD_ERROR_CASES[case]
+    folders = _damaged_copy(released, tmp_path)
+    damage(folders)
+    with pytest.raises((ValueError, TypeError), match=message):
+        convert_original_checkpoint(
+            model_base=str(folders["base"]), model_path=str(folders["model_path"]), output_dir=str(tmp_path / "out"),
+            dtype="float32", num_prototypes=NUM_PROTOTYPES, verify=False,
+        )  # fmt: skip
+
+
+def test_truncated_safetensors_adapter_is_named(tmp_path):
+    released = write_released_checkpoint(tmp_path / "released", weights_format="safetensors")
+    adapter = released["vit_dir"] / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"Vit-lora/adapter_model.safetensors is not a readable safetensors file"):
+        convert_original_checkpoint(
+            model_base=str(released["base"]), model_path=str(released["model_path"]), output_dir=str(tmp_path / "o"),
+            num_prototypes=NUM_PROTOTYPES, verify=False,
+        )  # fmt: skip
+
+
+def test_released_folders_run_no_code(tmp_path, released, monkeypatch):
+    """A pickle with a payload as weights is refused by name (torch.load weights_only), and a tokenizer folder asking
+    for its own code is refused even if someone would answer transformers' interactive prompt with "y"."""
+    import builtins
+
+    folders = _damaged_copy(released, tmp_path)
+    marker = tmp_path / "MARKER"
+    torch.save({"model.embed_tokens.weight": _WritesMarker(marker)}, folders["base"] / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"base/pytorch_model.bin is a pickle that holds more than tensors"):
+        convert_original_checkpoint(
+            model_base=str(folders["base"]), model_path=str(folders["model_path"]), output_dir=str(tmp_path / "o"),
+            num_prototypes=NUM_PROTOTYPES, verify=False,
+        )  # fmt: skip
+    assert not marker.exists()
+
+    folders = _damaged_copy(released, tmp_path / "second")
+    (folders["base"] / "tokenization_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaTokenizerFast as EvilTokenizer\n"
+    )
+    _rewrite_json(
+        folders["base"] / "tokenizer_config.json",
+        lambda c: c.update(
+            tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
+        ),
+    )  # fmt: skip
+    monkeypatch.setattr(builtins, "input", lambda *args: "y")
+    with pytest.raises(ValueError, match=r"base/tokenizer_config.json asks for custom tokenizer code"):
+        convert_original_checkpoint(
+            model_base=str(folders["base"]), model_path=str(folders["model_path"]), output_dir=str(tmp_path / "o2"),
+            num_prototypes=NUM_PROTOTYPES, verify=False,
+        )  # fmt: skip
+    assert not marker.exists()

@@ -100,6 +100,8 @@ def test_flat_config_and_escaping():
         ({"repo_id": "no-namespace"}, ValueError, "repo_id='no-namespace'"),
         ({"license": ""}, ValueError, "license=''"),
         ({"base_model": []}, ValueError, "base_model"),
+        ({"base_model": "/tmp/outputs/tiny/towers/llama"}, ValueError, "a local path is not a Hub id"),
+        ({"base_model": ["lmsys/vicuna-7b-v1.5", "outputs/tiny/towers/clip"]}, ValueError, "'owner/name'"),
         ({"metrics": {"GQA": "high"}}, TypeError, r"metrics\['GQA'\]='high'"),
         ({"metrics": {"GQA": {"accuracy": "63"}}}, TypeError, r"metrics\['GQA'\]\['accuracy'\]='63'"),
         ({"metrics": {"GQA": {"split": "testdev"}}}, ValueError, "holds no score"),
@@ -109,3 +111,12 @@ def test_flat_config_and_escaping():
 def test_invalid_arguments_are_named(overrides, error, match):
     with pytest.raises(error, match=match):
         _card(**overrides)
+
+
+def test_local_only_weights_claim_no_base_model(tmp_path):
+    """`base_model=None` (weights from local checkpoints only): no `base_model` metadata, and the card says so."""
+    path = tmp_path / "README.md"
+    _card(base_model=None).save(path)
+    card = ModelCard.load(path)
+    assert card.data.base_model is None and "base_model" not in str(card).split("\n---", 1)[0]
+    assert "Base model(s): not recorded (local checkpoints)" in card.text

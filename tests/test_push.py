@@ -13,14 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import other_transformers_python
 import torch
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from hub_upload.push import UploadRefusedError, plan_upload, push_folder
 from hub_upload.push import main as push_main
-from hub_upload.push import plan_upload, push_folder
+from hub_upload.safety import pickle_reason
+from tests.conftest import other_transformers_python
 from tests.hub_server import FakeHub, fake_hub  # noqa: F401 - pytest fixture
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -211,13 +211,219 @@ def test_cli_push(fake_hub, llama_folder, capsys):  # noqa: F811
     assert head in capsys.readouterr().out
 
 
-def test_pickle_files_are_refused_unless_allowed(fake_hub, llama_folder):  # noqa: F811
+# ------------------------------------------------------------------------------ what may leave the folder
+
+
+class _WritesMarker:
+    """Unpickling this runs `exec`: it writes MARKER_TEXT to the path given (what a hostile pickle does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+FAKE_TOKEN = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dF3h"  # the shape of a Hugging Face token, not a real one
+
+
+def _plant_hostile_files(folder: Path, marker: Path) -> dict[str, str]:
+    """Links, secrets and pickles under every disguise; returns {path in folder: the kind the push must name}."""
+    import pickle
+    import zlib
+
+    import numpy as np
+
+    outside = folder.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for publication")
+    target = "/etc/passwd" if Path("/etc/passwd").is_file() else str(outside / "secret.txt")
+    (folder / "leak.txt").symlink_to(target)
+    (folder / "alias.json").symlink_to("config.json")  # a link inside the folder is refused too: regular files only
+    (folder / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (folder / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_text("[remote]\n\turl = https://user:secret@example.com/x.git\n")
+    (folder / "notes.txt").write_text(f"remember to rotate {FAKE_TOKEN}\n")  # a token by content
+    payload = pickle.dumps({"weights": _WritesMarker(marker)})
+    (folder / "model-00002.safetensors").write_bytes(payload)  # a raw pickle named like weights
+    (folder / "scaler.joblib").write_bytes(zlib.compress(payload))  # joblib.dump(..., compress=...)
+    np.save(folder / "features.npy", np.array([_WritesMarker(marker)], dtype=object), allow_pickle=True)
+    torch.save({"payload": _WritesMarker(marker)}, folder / "weights.bin")  # the torch.save zip (data.pkl)
+    return {
+        "leak.txt": "symbolic link", "alias.json": "symbolic link", "linked_dir": "symbolic link",
+        ".env": "environment file", ".git/": "git folder", "notes.txt": "Hugging Face access token",
+        "model-00002.safetensors": "pickle stream", "scaler.joblib": "compressed with zlib",
+        "features.npy": "object dtype", "weights.bin": "data.pkl",
+    }  # fmt: skip
+
+
+def test_links_secrets_and_pickles_are_refused_before_anything_is_sent(fake_hub, llama_folder, capsys):  # noqa: F811
+    """A link to /etc/passwd, a .env with a token, a .git folder, a token in a text file and pickles disguised as
+    safetensors / joblib / npy / a torch.save .bin: the push (and the dry run, and the CLI) refuses, naming every one,
+    sends nothing and unpickles nothing."""
     folder, _ = llama_folder
-    (folder / "training_args.bin").write_bytes(b"pickle")
-    with pytest.raises(ValueError, match=r"pickle files \['training_args.bin'\].*allow_pickle=True"):
-        push_folder(folder, REPO_ID)
-    assert not fake_hub.requests
-    assert "training_args.bin" in [p.path_in_repo for p in plan_upload(folder, allow_pickle=True)]
+    marker = folder.parent / "MARKER"
+    expected = _plant_hostile_files(folder, marker)
+
+    for kwargs in ({}, {"dry_run": True}):
+        with pytest.raises(UploadRefusedError) as excinfo:
+            push_folder(folder, REPO_ID, **kwargs)
+        message = str(excinfo.value)
+        assert {r.path for r in excinfo.value.refusals} == set(expected)
+        for path, kind in expected.items():
+            line = next(line for line in message.splitlines() if line.startswith(f"  {path}: "))
+            assert kind in line, (path, line)
+        assert "nothing was sent" in message and "--allow-pickle model-00002.safetensors" in message
+    assert "/etc/passwd" in message or "outside" in message  # the link's target is shown
+    assert FAKE_TOKEN not in message  # the refusal does not print the secret it found
+
+    with pytest.raises(SystemExit) as exit_info:
+        push_main([str(folder), REPO_ID, "--dry-run"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("[dry run] Refusing to upload") and all(f"  {path}: " in err for path in expected)
+    assert fake_hub.requests == [] and not fake_hub.repos
+    assert not marker.exists()
+
+    # The payloads are live: plain unpickling (what loading them would do) writes the marker.
+    script = f"import pickle; pickle.loads(open({str(folder / 'model-00002.safetensors')!r}, 'rb').read())"
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=folder.parent, timeout=60)
+    assert marker.read_text() == "pwned"
+
+
+def test_allow_pickle_names_each_file_it_allows(fake_hub, llama_folder, capsys):  # noqa: F811
+    folder, _ = llama_folder
+    torch.save({"learning_rate": 2e-4}, folder / "training_args.bin")
+    torch.save({"step": 3}, folder / "extra" / "optimizer.pt")
+    (folder / "extra" / "raw.bin").write_bytes(bytes(range(256)) * 4)  # a .bin that is no pickle goes up
+
+    with pytest.raises(UploadRefusedError, match=r"(?s)extra/optimizer.pt: a zip archive holding .*data.pkl") as info:
+        push_folder(folder, REPO_ID, allow_pickle=["training_args.bin"], dry_run=True)
+    assert [r.path for r in info.value.refusals] == ["extra/optimizer.pt"]
+    planned = plan_upload(folder, allow_pickle=["training_args.bin", "./extra/optimizer.pt"])
+    paths = {item.path_in_repo for item in planned}
+    assert {"training_args.bin", "extra/optimizer.pt", "extra/raw.bin", "model.safetensors"} <= paths
+    with pytest.raises(ValueError, match=r"allow_pickle names \['config.json'\], which is not a pickle"):
+        plan_upload(folder, allow_pickle=["config.json", "training_args.bin", "extra/optimizer.pt"])
+    with pytest.raises(TypeError, match="must list the paths"):
+        plan_upload(folder, allow_pickle=True)
+
+    push_main([str(folder), REPO_ID, "--allow-pickle", "training_args.bin", "--allow-pickle", "extra/optimizer.pt"])
+    assert {"training_args.bin", "extra/optimizer.pt"} <= set(fake_hub.files(REPO_ID))
+
+
+def _safetensors_with_header_starting(path: Path, prefix: bytes) -> Path:
+    """A valid safetensors file whose 8-byte header length begins with `prefix` (e.g. a pickle PROTO opcode)."""
+    from safetensors.torch import save_file
+
+    wanted = int.from_bytes(prefix + b"\0" * (8 - len(prefix)), "little")
+    for pad in range(4096):
+        save_file({"w": torch.zeros(4)}, str(path), metadata={"pad": "x" * pad})
+        if int.from_bytes(path.read_bytes()[:8], "little") == wanted:
+            return path
+    raise AssertionError("could not build the header")
+
+
+def test_pickle_detection_reads_content_not_names(tmp_path, tiny_tokenizer):
+    """Every pickle format is recognised under any name; model files that are not pickles are never refused."""
+    import bz2
+    import gzip
+    import lzma
+    import pickle
+    import zlib
+
+    import numpy as np
+
+    marker = tmp_path / "MARKER"
+    payload = pickle.dumps(_WritesMarker(marker))
+    pickles = {
+        "p0.txt": pickle.dumps([1, "a"], protocol=0), "p1.json": pickle.dumps([1, "a"], protocol=1),
+        "p2.model": pickle.dumps({"k": 1}, protocol=2), "p5.safetensors": payload,
+        "legacy.pt": None, "zipped.bin": None, "renamed.zip": None, "objects.npz": None, "objects.npy": None,
+        "gz.joblib": gzip.compress(payload), "zlib.joblib": zlib.compress(payload),
+        "bz2.joblib": bz2.compress(payload),
+        "xz.joblib": lzma.compress(payload), "lzma.joblib": lzma.compress(payload, format=lzma.FORMAT_ALONE),
+        # A payload hidden behind a 3 MB string: more than the bytes the check reads, still caught.
+        "padded.txt": pickle.dumps(["y" * 3_000_000, _WritesMarker(marker)], protocol=0),
+        "padded.pkl": pickle.dumps([b"y" * 3_000_000, _WritesMarker(marker)]),
+    }  # fmt: skip
+    for name, data in pickles.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "zipped.bin")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "renamed.zip", "w") as archive:
+        archive.writestr("archive/weights", payload)
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    np.save(tmp_path / "objects.npy", np.zeros(2, dtype=[("a", "f4"), ("b", "O")]), allow_pickle=True)
+    for name in pickles:
+        assert pickle_reason(tmp_path / name) is not None, name
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(8)}, str(clean / "model.safetensors"))
+    _safetensors_with_header_starting(clean / "looks-like-proto.safetensors", b"\x80\x02")
+    np.save(clean / "floats.npy", np.zeros(3, dtype=np.float32))
+    np.savez_compressed(clean / "floats.npz", a=np.zeros(3))
+    tiny_tokenizer.save_pretrained(clean)  # tokenizer.json, tokenizer_config.json, special_tokens_map.json, ...
+    (clean / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (clean / "README.md").write_text("---\nlicense: mit\n---\n# card\n")
+    (clean / "merges.txt").write_text("#version: 0.2\na b\n")
+    (clean / "random.bin").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                                     dtype=torch.uint8).numpy().tobytes())  # fmt: skip
+    (clean / "notes.json.gz").write_bytes(gzip.compress(b'{"a": 1}'))
+    (clean / "empty.bin").write_bytes(b"")
+    (clean / "stop.bin").write_bytes(b".")  # a lone STOP opcode: not a loadable pickle
+    for path in sorted(clean.iterdir()):
+        assert pickle_reason(path) is None, path.name
+    assert plan_upload(clean)  # and the folder goes up as it is
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".env", ".env.production", "prod.env", ".envrc", ".netrc", "_netrc", ".git-credentials", ".pypirc", "server.pem",
+     "tls.key", "id_rsa", "id_ed25519.pub", "token", "stored_tokens", "hub.token", "HF_TOKEN.txt", "credentials",
+     ".ssh/known_hosts", ".huggingface/token", "sub/.aws/config", ".docker/config.json"],
+)  # fmt: skip
+def test_secret_names_are_refused_anywhere(tmp_path, name):
+    (tmp_path / "config.json").write_text("{}")
+    path = tmp_path / "nested" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+    with pytest.raises(UploadRefusedError, match="Secrets: move these files out of the folder") as info:
+        plan_upload(tmp_path)
+    (refusal,) = info.value.refusals
+    assert refusal.kind == "secret" and (refusal.path == f"nested/{name}" or f"nested/{name}".startswith(refusal.path))
+
+
+def test_model_repo_files_are_not_mistaken_for_secrets(tmp_path):
+    names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+             "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.jinja",
+             "generation_config.json", "README.md", "environment.yml", "keys.json", "token_ids.txt", ".gitattributes"]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    assert [item.path_in_repo for item in plan_upload(tmp_path)] == sorted(names)
+
+
+def test_python_m_hub_upload_push_runs_without_runpy_warning(tmp_path):
+    """`python -m hub_upload.push` must not find a half-imported hub_upload.push (runpy's RuntimeWarning), and the
+    package's names stay importable."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "hub_upload.push", str(tmp_path), "a/b", "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "RuntimeWarning" not in result.stderr and "found in sys.modules" not in result.stderr, result.stderr
+    assert "holds no file to upload" in result.stderr
+    from hub_upload import PlannedFile, UploadRefusedError, plan_upload, push_folder, render_model_card  # noqa: F401
+
+    assert callable(push_folder) and callable(render_model_card)
 
 
 def test_delete_missing_removes_stale_files(fake_hub, llama_folder):  # noqa: F811
