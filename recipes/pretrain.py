@@ -124,7 +124,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     model, processor = build_stage1_model(model_args)
     model, lora_config = prepare_stage1_trainables(model, model_args)
 
-    trainer, result = train(model, processor, data_args, training_args)
+    trainer, result = train(model, processor, data_args, training_args, model_args=model_args)
     save_stage1(trainer, processor, lora_config, training_args.output_dir)
     if trainer.accelerator.is_main_process:
         write_run_reports(trainer, result, training_args.output_dir)
@@ -132,12 +132,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
 
 
 def parse_args(argv: list[str] | None = None):
-    from trl import TrlParser
-
+    from recipes.common import parse_recipe_args
     from recipes.trainer import SQLlavaSFTConfig
 
-    parser = TrlParser((ModelArguments, DataArguments, SQLlavaSFTConfig))
-    return parser.parse_args_and_config(argv)
+    return parse_recipe_args((ModelArguments, DataArguments, SQLlavaSFTConfig), argv, script="recipes/pretrain.py")
 
 
 if __name__ == "__main__":
