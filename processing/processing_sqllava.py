@@ -1096,12 +1096,50 @@ class SQLlavaProcessor(ProcessorMixin):
         text = _NEXT_TURN.split(text, 1)[0]
         return text.strip()
 
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """
+        Decode generated token ids, one string per sequence: the hook `pipeline("image-text-to-text")` decodes with.
+
+        The model writes a space after `ASSISTANT:` / `VUSER:` (it is trained to: generation starts right after the
+        tag). The pipeline cuts the decoded prompt off the decoded full sequence, so that space used to start every
+        reply it returned (`" Yes."`). It is dropped after the last role tag of a sequence (the tag generation
+        started from), and at the start of a sequence that holds only new tokens.
+
+        Args:
+            generated_outputs (`torch.Tensor`, `np.ndarray` or `list`): token ids, `(batch, length)` or `(length,)`.
+            skip_special_tokens (`bool`, *optional*, defaults to `True`): passed to the tokenizer's decoding.
+            kwargs: passed to the tokenizer's `batch_decode`.
+
+        Returns:
+            `list[str]` (or `str` for a single sequence).
+        """
+        ids = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
+        single = bool(ids) and isinstance(ids[0], int)
+        texts = self.tokenizer.batch_decode([ids] if single else ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        texts = [_drop_reply_space(text) for text in texts]
+        return texts[0] if single else texts
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
 _LEADING_TAG = re.compile(r"^(?:(?:USER|ASSISTANT|VUSER)\s*:\s*)+")
+_GENERATION_TAG = re.compile(r"(?:ASSISTANT|VUSER):")
+
+
+def _drop_reply_space(text: str) -> str:
+    """`"... ASSISTANT: Yes."` -> `"... ASSISTANT:Yes."` after the last generation tag; `" Yes."` -> `"Yes."`."""
+    last = None
+    for last in _GENERATION_TAG.finditer(text):
+        pass
+    if last is None:
+        return text.lstrip(" ")
+    end = last.end()
+    rest = text[end:]
+    if rest.strip():
+        return text[:end] + rest.lstrip(" ")
+    return text
 _NEXT_TURN = re.compile(r"\s*\b(?:USER|ASSISTANT|VUSER)\s*:")
 
 
