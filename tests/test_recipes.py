@@ -150,7 +150,7 @@ def test_recipe_yamls_parse_without_deprecation_warnings(config, recwarn):
     deprecations = [str(w.message) for w in recwarn if "checkpointing" in str(w.message)]
     assert not deprecations, deprecations
     assert training_args.gradient_checkpointing == raw["activation_checkpointing"]
-    assert getattr(training_args, "activation_checkpointing") == raw["activation_checkpointing"]
+    assert training_args.activation_checkpointing == raw["activation_checkpointing"]
     if "activation_checkpointing_kwargs" in raw:
         assert training_args.gradient_checkpointing_kwargs == raw["activation_checkpointing_kwargs"]
 
@@ -270,9 +270,10 @@ def test_resume_after_a_kill_during_a_checkpoint_save_reproduces_the_uninterrupt
     """4 steps in one go == a job killed (kill -9) while saving checkpoint-4, then resumed with `latest`: the
     interrupted save is not taken for a checkpoint (it was, and the resume crashed on its half-written state), the
     run resumes from checkpoint-2 with the same data, vuser draws and losses."""
-    common = dict(
-        max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_strategy="steps", save_steps=2, sq_ratio=0.5
-    )
+    common = {
+        "max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1, "save_strategy": "steps",
+        "save_steps": 2, "sq_ratio": 0.5,
+    }  # fmt: skip
     full = tmp_path / "full"
     _finetune(workdir, stage1_dir, str(full), **common)
     part = tmp_path / "part"
@@ -289,11 +290,11 @@ def test_resume_after_a_kill_during_a_checkpoint_save_reproduces_the_uninterrupt
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", _KILLED_DURING_SAVE, *argv], env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    command = [sys.executable, "-c", _KILLED_DURING_SAVE, *argv]
+    run = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == -9, run.stderr[-3000:]
-    assert (part / "checkpoint-2" / "sqllava_checkpoint.json").is_file()
-    assert not (part / "checkpoint-4").exists() and (part / ".partial-checkpoint-4").is_dir()
+    assert not (part / "checkpoint-4").exists(), "the interrupted save must not look like a checkpoint"
+    assert (part / ".partial-checkpoint-4").is_dir() and (part / "checkpoint-2" / "sqllava_checkpoint.json").is_file()
     # A half-written checkpoint of another kind must be ignored too.
     (part / "checkpoint-6").mkdir()
     (part / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
@@ -315,7 +316,7 @@ def test_resuming_a_different_run_fails_and_lists_the_differences(workdir, stage
 
     data = tmp_path / "finetune.json"
     shutil.copy(workdir["data"]["finetune"], data)
-    common = dict(max_steps=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    common = {"max_steps": 2, "per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 2}
     out = tmp_path / "run"
     _finetune(workdir, stage1_dir, str(out), data_path=str(data), **common)
     with pytest.raises(ValueError, match=r"(?s)different run:.*learning_rate: 0.002 in the checkpoint, 0.001 now"):
