@@ -396,7 +396,18 @@ def test_empty_gathered_tensors_fail_loudly():
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo) == 1 process with gradient accumulation 2 (same global batch);
-    the two ranks see different samples."""
+    the two ranks see different samples. Every fourth record's image is corrupt: dropped by the collator on whichever
+    rank draws it, and the one `skipped_samples.json` of each run counts the same drops (the ranks' counts gathered;
+    they used to go to one file per rank, and to nowhere from dataloader workers)."""
+    image_folder = workdir["data"]["image_folder"]
+    with open(os.path.join(image_folder, "corrupt_for_ranks.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n cut short")
+    with open(workdir["data"]["finetune"]) as f:
+        records = json.load(f)
+    for i in range(3, len(records), 4):
+        records[i]["image"] = "corrupt_for_ranks.png"
+    data = tmp_path / "finetune_with_corrupt_images.json"
+    data.write_text(json.dumps(records))
     common = [
         "--max_steps",
         "3",
@@ -413,9 +424,9 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
         "--model_name_or_path",
         stage1_dir,
         "--data_path",
-        workdir["data"]["finetune"],
+        str(data),
         "--image_folder",
-        workdir["data"]["image_folder"],
+        image_folder,
         "--export_dir",
         "",
         "--group_by_modality_length",
@@ -424,6 +435,10 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
         "true",
         "--log_sample_ids",
         "true",
+        "--max_skip_fraction",
+        "1.0",
+        "--dataloader_num_workers",
+        "1",
     ]
     config = str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml")
     env = {
@@ -485,3 +500,7 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
     assert len(seen) == 2, f"expected one sample-id log per rank, got {sorted(seen)}"
     rank0, rank1 = seen.values()
     assert rank0 and rank1 and not rank0 & rank1, "the two ranks must see different samples"
+    reports = [json.loads((run / "skipped_samples.json").read_text()) for run in (two, one)]
+    assert reports[0]["counts"] == reports[1]["counts"] and reports[0]["counts"].get("unreadable_image", 0) > 0
+    assert reports[0]["collate"]["seen"] == reports[1]["collate"]["seen"] == 3 * 4
+    assert not list(two.glob("skipped_samples.rank*.json"))
