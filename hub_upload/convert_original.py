@@ -771,7 +771,7 @@ def convert_original_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--model-base", required=True, help="LLaVA-format base LLM (folder or Hub id).")
     parser.add_argument("--model-path", required=True, help="Released model: config.json, LoRA, non_lora_trainables.")
     parser.add_argument("--vit-lora", default=None, help="ViT-LoRA adapter (default <model-path>/Vit-lora).")

@@ -692,7 +692,7 @@ def _load_json_arg(value: str | None) -> dict | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--base-model", required=True, help="Stage-1 folder (with --adapter) or full checkpoint.")
     parser.add_argument("--adapter", default=None, help="PEFT adapter folder written by recipes/finetune.py.")

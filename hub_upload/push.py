@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m hub_upload.push",
         description="Upload an exported SQ-LLaVA folder to the Hugging Face Hub in one commit.",
+        allow_abbrev=False,
     )
     parser.add_argument("folder", help="exported model folder")
     parser.add_argument("repo_id", help="target repo, namespace/name")

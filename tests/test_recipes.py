@@ -504,3 +504,25 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
     assert reports[0]["counts"] == reports[1]["counts"] and reports[0]["counts"].get("unreadable_image", 0) > 0
     assert reports[0]["collate"]["seen"] == reports[1]["collate"]["seen"] == 3 * 4
     assert not list(two.glob("skipped_samples.rank*.json"))
+
+
+def test_every_command_line_parser_refuses_abbreviations():
+    """Every `ArgumentParser` / `TrlParser` of the repository is built with `allow_abbrev=False` (argparse's default
+    takes `--learning_rat` for `--learning_rate` and `--num-q` for `--num-questions`)."""
+    import ast
+
+    offenders, found = [], 0
+    for folder in ("recipes", "hub_upload", "benchmarks", "processing", "modeling_sqllava"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name not in ("ArgumentParser", "TrlParser", "HfArgumentParser"):
+                    continue
+                found += 1
+                keywords = {k.arg: k.value for k in node.keywords}
+                value = keywords.get("allow_abbrev")
+                if not (isinstance(value, ast.Constant) and value.value is False):
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert found >= 10 and not offenders, offenders
