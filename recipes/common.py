@@ -158,6 +158,21 @@ def build_lora_config(model_args: ModelArguments, *, modules_to_save: list[str] 
     )
 
 
+def get_peft_model(model, lora_config, **kwargs):
+    """`peft.get_peft_model`, without the deprecation warning it triggers on every run under transformers 5.
+
+    PEFT reads `model.is_gradient_checkpointing`, which transformers 5 renamed (`is_activation_checkpointing`) and
+    warns about at each read; nothing a user can change. Only that warning, raised inside this call, is silenced.
+    """
+    import warnings
+
+    from peft import get_peft_model as peft_get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return peft_get_peft_model(model, lora_config, **kwargs)
+
+
 def apply_vision_lora_dropout(model, p: float) -> int:
     """Set the dropout of every ViT-LoRA layer to `p`; returns how many layers were changed."""
     import torch

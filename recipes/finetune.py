@@ -53,10 +53,9 @@ class ExportArguments:
 
 def build_stage2_model(model_args: ModelArguments):
     """The stage-1 model with one LoRA adapter on both towers; the projector trains in full (modules_to_save)."""
-    from peft import get_peft_model
-
     from modeling_sqllava import SQLlavaForConditionalGeneration
     from processing import SQLlavaProcessor
+    from recipes.common import get_peft_model
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required in stage 2: the folder written by recipes/pretrain.py.")

@@ -155,6 +155,20 @@ def test_recipe_yamls_parse_without_deprecation_warnings(config, recwarn):
         assert training_args.gradient_checkpointing_kwargs == raw["activation_checkpointing_kwargs"]
 
 
+def test_building_the_stage2_model_warns_about_no_deprecated_name(stage1_dir, recwarn):
+    """PEFT reads `is_gradient_checkpointing`, which transformers 5 warns about at every read (every run)."""
+    import warnings
+
+    from recipes import finetune
+
+    warnings.simplefilter("always")
+    model_args, *_ = finetune.parse_args(
+        ["--config", str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml"), "--model_name_or_path", stage1_dir]
+    )
+    finetune.build_stage2_model(model_args)
+    assert not [str(w.message) for w in recwarn if "checkpointing" in str(w.message)]
+
+
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=os.path.basename)
 def test_accelerate_configs_parse(config):
     from accelerate.commands.config.config_args import load_config_from_file
