@@ -221,15 +221,17 @@ class SQLlavaSFTConfig(SFTConfig):
     # deprecated: unset here, resolved in `__post_init__` under whichever name the installed transformers uses.
     gradient_checkpointing: bool | None = field(
         default=None,
-        metadata={"help": "Alias of activation_checkpointing (the name before transformers 5).", "nargs": "?",
-                  "const": True},
-    )  # fmt: skip
+        metadata={
+            "help": "Alias of activation_checkpointing (the name before transformers 5).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     if "activation_checkpointing" not in _TRAINING_ARGUMENT_FIELDS:  # transformers 4.57: give it the new name too
         activation_checkpointing: bool | None = field(
             default=None,
-            metadata={"help": "Recompute activations in the backward pass to save memory.", "nargs": "?",
-                      "const": True},
-        )  # fmt: skip
+            metadata={"help": "Recompute activations in the backward pass to save memory.", "nargs": "?", "const": True},
+        )
         activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
             default=None, metadata={"help": "Keyword arguments of activation checkpointing."}
         )
@@ -306,7 +308,6 @@ class SQLlavaSFTConfig(SFTConfig):
                 "`dataloader_persistent_workers=True` keeps the epoch-0 collator in every worker, so the vuser "
                 "turns would never be re-drawn. Set `dataloader_persistent_workers=False`."
             )
-
 
     def _resolve_activation_checkpointing(self):
         """One switch under two names: `gradient_checkpointing` (transformers 4.x, deprecated in 5) and
