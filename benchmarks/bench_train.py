@@ -202,7 +202,7 @@ def run_config(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=2)

@@ -31,7 +31,9 @@ token, so one pass over the whole prompt equals the chunk-by-chunk procedure; th
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import re
 import weakref
@@ -152,6 +154,8 @@ produce it (LLaVA's label arithmetic trains it too: a standalone "▁" token bef
 {%- endif -%}
 """  # noqa: E501
 
+# `__call__` arguments that set `load_image_rgb`'s size limits (None disables one).
+_IMAGE_LIMIT_KWARGS = {"max_image_pixels": "max_pixels", "max_image_aspect_ratio": "max_aspect_ratio"}
 # Arguments of `__call__` that belong to the tokenizer / the image processor / only to the chat template.
 _TEXT_KWARGS = {
     "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask",
@@ -226,24 +230,110 @@ def build_image_processor(image_size: int = 336, **kwargs):
     return transformers.LlavaImageProcessor(**config)
 
 
-def load_image_rgb(image: Any, name: str = "image") -> Any:
-    """
-    Turn one image input into what the image processor takes, as RGB.
+# Decoding limits. Checked on the file header, before any pixel is decoded: a 400-byte PNG can declare 10^8 pixels.
+# 2**26 pixels is 8192 x 8192 (192 MiB as RGB), below PIL's own decompression-bomb warning (89 M pixels). Beyond an
+# aspect ratio of 100 the padded square leaves the content at most 3 of 336 rows: nothing a model can read.
+MAX_IMAGE_PIXELS = 2**26
+MAX_IMAGE_ASPECT_RATIO = 100.0
+# Resampling filters PIL computes as a separable convolution (two passes, horizontal first), and their support
+# in source pixels at scale 1. `pad_to_square_and_resize` relies on both.
+_FILTER_SUPPORT = {
+    PIL.Image.Resampling.BOX: 0.5,
+    PIL.Image.Resampling.BILINEAR: 1.0,
+    PIL.Image.Resampling.HAMMING: 1.0,
+    PIL.Image.Resampling.BICUBIC: 2.0,
+    PIL.Image.Resampling.LANCZOS: 3.0,
+}
+_PRECISION_BITS = 22  # PIL's fixed-point precision for 8-bit resampling (32 - 8 - 2)
 
-    Paths and `http(s)` URLs are opened; PIL images in any mode (RGBA, LA, L, P, CMYK, I;16 ...) are converted with
-    PIL's `.convert("RGB")`, as LLaVA's reference code did: transparency is DROPPED (the RGB values under the alpha
-    channel are kept), not composited on white as transformers' `convert_to_rgb` would do, so a converted checkpoint
-    sees the pixels it was trained on. uint8 numpy arrays (HxW, HxWx1, HxWx3, HxWx4) are treated the same way;
-    other arrays and torch tensors are passed on unchanged.
+
+class ImageLimitError(ValueError):
+    """An image over the pixel-count or aspect-ratio limit (see `check_image_limits`); a `ValueError`."""
+
+
+def check_image_limits(
+    width: int,
+    height: int,
+    name: str = "image",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = MAX_IMAGE_ASPECT_RATIO,
+) -> None:
+    """
+    Refuse an image whose size would make decoding or preprocessing cost out of proportion to what the model sees.
 
     Args:
-        image: a path, URL, `PIL.Image.Image`, numpy array or torch tensor.
-        name (`str`): how to refer to the image in error messages.
+        width, height (`int`): the image size in pixels (from the file header: nothing decoded yet).
+        name (`str`): how to refer to the image in the error.
+        max_pixels (`int`, *optional*): largest `width * height`; `None` disables the check.
+        max_aspect_ratio (`float`, *optional*): largest `max(width, height) / min(width, height)`; `None` disables it.
 
     Raises:
+        `ImageLimitError`: naming the image, its size, the limit and how to lift it.
+    """
+    if width < 1 or height < 1:
+        raise ImageLimitError(f"{name} is {width}x{height} pixels: an image needs at least one pixel.")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLimitError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}. Downscale it, "
+            "or raise the limit (`max_image_pixels=`, None disables it)."
+        )
+    ratio = max(width, height) / min(width, height)
+    if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+        raise ImageLimitError(
+            f"{name} is {width}x{height} pixels, an aspect ratio of {ratio:.0f}:1, over the limit of "
+            f"{max_aspect_ratio:g}:1 (padded to a square, its content would be a few pixels high). Crop it, or raise "
+            "the limit (`max_image_aspect_ratio=`, None disables it)."
+        )
+
+
+def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The one colour rule of training and inference: PIL's `.convert("RGB")`, as LLaVA's reference code.
+
+    Transparency is DROPPED (the RGB values under the alpha channel are kept), not composited on white as
+    transformers' `convert_to_rgb` would do, so a converted checkpoint sees the pixels it was trained on. 16/32-bit
+    greyscale (`I;16`, `I`) is rescaled to 8 bits first: PIL's direct conversion clips every value above 255 to white,
+    and LLaVA's data holds no such image, so there is no trained behaviour to keep.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v * (255 / 65535)).convert("L")
+    return image.convert("RGB")
+
+
+def load_image_rgb(
+    image: Any,
+    name: str = "image",
+    *,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = MAX_IMAGE_ASPECT_RATIO,
+) -> Any:
+    """
+    Turn one image input into what the image processor takes, as RGB: the one decoding function of training
+    (`recipes.data.load_image`) and inference (`SQLlavaProcessor.__call__`).
+
+    Paths, encoded bytes and `http(s)` URLs are opened and fully decoded (a truncated file fails here); the size
+    limits (`check_image_limits`) are checked on the file header before decoding. PIL images in any mode (RGBA, LA,
+    L, P, CMYK, I;16 ...) follow one colour rule (`.convert("RGB")` like LLaVA: alpha dropped, not composited on
+    white). uint8 numpy arrays (HxW, HxWx1, HxWx3, HxWx4) are treated the same way; other arrays and torch tensors
+    are passed on unchanged.
+
+    Args:
+        image: a path, URL, encoded bytes, `PIL.Image.Image`, numpy array or torch tensor.
+        name (`str`): how to refer to the image in error messages.
+        max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`): pixel-count limit; `None` disables it.
+        max_aspect_ratio (`float`, *optional*, defaults to `MAX_IMAGE_ASPECT_RATIO`): aspect-ratio limit.
+
+    Raises:
+        `ImageLimitError`: the image is over a size limit (a `ValueError`).
         `ValueError`: the file is missing, unreadable or corrupt (the message names the file).
         `TypeError`: the input is of an unsupported type.
     """
+    limits = {"max_pixels": max_pixels, "max_aspect_ratio": max_aspect_ratio}
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        return _decode_file(io.BytesIO(image), name, "<bytes>", limits)
     if isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
         if source.startswith(("http://", "https://")):
@@ -253,22 +343,17 @@ def load_image_rgb(image: Any, name: str = "image") -> Any:
                 image = load_image(source)
             except Exception as error:  # network / decoding errors of every kind: re-raise naming the URL
                 raise ValueError(f"Could not load {name} from URL {source!r}: {error}") from error
-        else:
-            if not os.path.isfile(source):
-                raise ValueError(f"Could not read {name}: file {source!r} does not exist.")
-            try:
-                with PIL.Image.open(source) as opened:
-                    opened.load()
-                    image = opened.convert("RGB")
-            except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-                raise ValueError(f"Could not read {name} file {source!r} (corrupt or not an image): {error}") from (
-                    error
-                )
-            return image
+            check_image_limits(*image.size, name=f"{name} ({source})", **limits)
+            return _to_rgb(image)
+        if not os.path.isfile(source):
+            raise ValueError(f"Could not read {name}: file {source!r} not found.")
+        return _decode_file(source, name, source, limits)
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        check_image_limits(*image.size, name=name, **limits)
+        return _to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+            check_image_limits(image.shape[1], image.shape[0], name=name, **limits)
             array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
             return PIL.Image.fromarray(array).convert("RGB")
         return image
@@ -276,8 +361,183 @@ def load_image_rgb(image: Any, name: str = "image") -> Any:
         return image
     raise TypeError(
         f"Unsupported {name} of type {type(image).__name__}: pass a PIL image, a numpy array, a torch tensor, a "
-        "file path or an http(s) URL."
+        "file path, encoded bytes or an http(s) URL."
     )
+
+
+def _decode_file(source: Any, name: str, shown: str, limits: dict) -> PIL.Image.Image:
+    try:
+        with PIL.Image.open(source) as opened:
+            # The header is read: check the size before a single pixel is decoded.
+            check_image_limits(*opened.size, name=f"{name} {shown!r}", **limits)
+            opened.load()
+            return _to_rgb(opened)
+    except ImageLimitError:
+        raise
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"Could not read {name} file {shown!r} (corrupt or not an image): {error}") from error
+
+
+def pad_to_square_and_resize(
+    image: PIL.Image.Image,
+    size: int,
+    background_color: tuple[int, int, int],
+    resample: int = PIL.Image.Resampling.BICUBIC,
+) -> PIL.Image.Image:
+    """
+    LLaVA-1.5's `expand2square` followed by a resize to `size x size`, at a cost bounded by the image, not its square.
+
+    The result is pixel for pixel the one of padding the RGB image to a square of side `S = max(width, height)`
+    (content centred, `background_color` around it) and resizing that square with PIL (`Image.resize`), which is
+    what the LLaVA image processor does; but the `S x S` square is never built (a 20000x8 image would take 1.2 GB).
+    PIL resizes in two separable passes, horizontal then vertical, with an 8-bit intermediate image, so:
+
+    - a wide image (padded above and below): the horizontal pass of the content rows is PIL's resize of the content
+      to `size x height`, and of every pad row PIL's resize of one constant row; the intermediate `size x S` image
+      is stacked from them and PIL's vertical pass (a resize to `size x size`) finishes the job.
+    - a tall image (padded left and right): output columns whose filter touches only padding take the value of a
+      constant row; for the few that touch the content, the horizontal pass is recomputed exactly as PIL does it
+      (fixed point, `(2^21 + sum_x k_x v_x) >> 22`), with PIL's own integer coefficients read off a resize of unit
+      impulses (a 32-bit image resizes with the same coefficients, unrounded: `round(2^22 k_x)` is exact).
+
+    A self-check against the direct computation on small images guards every call (cached per filter); if PIL
+    ever computes differently, the direct padded path is used instead.
+
+    Args:
+        image (`PIL.Image.Image`): an RGB image.
+        size (`int`): output side.
+        background_color (`tuple[int, int, int]`): the pad colour (LLaVA: the CLIP mean, (122, 116, 104)).
+        resample (`int`): a PIL filter (BICUBIC for LLaVA); NEAREST is not a convolution and takes the direct path.
+    """
+    fill = tuple(int(c) for c in background_color)
+    if image.mode != "RGB":
+        raise ValueError(f"`image` must be RGB (see `load_image_rgb`), got mode {image.mode!r}.")
+    resample = PIL.Image.Resampling(resample)
+    width, height = image.size
+    if width == height:
+        return image.resize((size, size), resample)
+    if resample not in _FILTER_SUPPORT or not _bounded_resize_is_exact(resample):
+        return _padded_resize(image, size, fill, resample)
+    return _bounded_pad_resize(image, size, fill, resample)
+
+
+def _padded_resize(image: PIL.Image.Image, size: int, fill: tuple, resample) -> PIL.Image.Image:
+    """The direct computation: build the padded square, then resize it (LLaVA's `expand2square` + resize)."""
+    width, height = image.size
+    side = max(width, height)
+    square = PIL.Image.new("RGB", (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square.resize((size, size), resample)
+
+
+def _bounded_pad_resize(image: PIL.Image.Image, size: int, fill: tuple, resample) -> PIL.Image.Image:
+    width, height = image.size
+    side = max(width, height)
+    # The horizontal pass of a pad row: PIL's resize of one constant row of the padded width.
+    pad_row = np.asarray(PIL.Image.new("RGB", (side, 1), fill).resize((size, 1), resample))[0]
+    intermediate = np.empty((side, size, 3), dtype=np.uint8)
+    intermediate[:] = pad_row
+    if width > height:
+        top = (side - height) // 2
+        intermediate[top : top + height] = np.asarray(image.resize((size, height), resample))
+    else:
+        left = (side - width) // 2
+        first, columns, band = _horizontal_coefficients(side, left, width, size, resample)
+        inside = np.zeros(len(band), dtype=bool)
+        inside[left - first : left - first + width] = True
+        weights = band[inside].astype(np.float64)  # (width, columns)
+        # The pad columns' share of each output column, plus PIL's rounding offset 2^21.
+        offsets = np.asarray(fill, dtype=np.float64)[:, None] * band[~inside].sum(axis=0) + (1 << (_PRECISION_BITS - 1))
+        content = np.asarray(image)
+        for start in range(0, height, 1024):  # rows in blocks: bounded float64 working memory
+            block = content[start : start + 1024]
+            rows = len(block)
+            planes = np.ascontiguousarray(block.transpose(2, 0, 1), dtype=np.float64).reshape(3 * rows, width)
+            # float64 is exact: every |sum| < 255 * 2^22 * 2 < 2^53, and so is the division by 2^22.
+            total = (planes @ weights).reshape(3, rows, len(columns)) + offsets[:, None, :]
+            values = np.clip(np.floor(total / (1 << _PRECISION_BITS)), 0, 255).astype(np.uint8)
+            intermediate[start : start + rows, columns] = values.transpose(1, 2, 0)
+    # The vertical pass: PIL's resize of the `size x side` intermediate (its width is already `size`).
+    return PIL.Image.fromarray(intermediate).resize((size, size), resample)
+
+
+def _horizontal_coefficients(side: int, left: int, width: int, size: int, resample) -> tuple[int, np.ndarray, np.ndarray]:
+    """PIL's integer coefficients of the `side -> size` horizontal pass, for the output columns whose filter overlaps
+    source columns `[left, left + width)`: `(first, columns, band)`, where `band[i, j]` weighs source column
+    `first + i` in output column `columns[j]` (the band of source columns covers each such filter, with a margin for
+    PIL's rounding of its bounds).
+
+    The coefficients are read off PIL itself: a 32-bit image resizes with the same (double) coefficients as an 8-bit
+    one but does not round them to 8 bits, so a unit impulse of value 2^22 at source column `x` comes out as
+    `round(2^22 k_x)` in every output column whose filter holds `x`: the 8-bit pass's integer coefficient. One row
+    holds impulses a period apart that is longer than any filter, so each output column sees at most one of them.
+    """
+    scale = side / size
+    support = _FILTER_SUPPORT[resample] * max(scale, 1.0)
+    first = max(0, int(left - 2 * support) - 2)
+    last = min(side, int(left + width + 2 * support) + 3)
+    centers = (np.arange(size) + 0.5) * scale
+    candidates = np.nonzero((centers + support + 1.5 > left) & (centers - support - 1.5 < left + width))[0]
+    period = 2 * math.ceil(support) + 4  # PIL's filters span at most 2 * ceil(support) + 1 source columns
+    band = np.zeros((last - first, len(candidates)), dtype=np.int64)
+    offsets = np.arange(min(period, last - first))
+    for start in range(0, len(offsets), 64):  # 64 impulse rows per resize: bounded memory for any width
+        rows = offsets[start : start + 64]
+        impulses = np.zeros((len(rows), side), dtype=np.int32)
+        for r, offset in enumerate(rows):
+            impulses[r, first + offset : last : period] = 1 << _PRECISION_BITS
+        resized = np.asarray(PIL.Image.fromarray(impulses, "I").resize((size, len(rows)), resample), dtype=np.int64)
+        for r, offset in enumerate(rows):
+            # The impulse of this row nearest to each candidate's centre is the only one its filter can hold.
+            position = first + offset + np.round((centers[candidates] - first - offset) / period) * period
+            held = (position >= first) & (position < last) & (np.abs(position - centers[candidates]) <= support + 1)
+            band[position[held].astype(np.int64) - first, np.nonzero(held)[0]] = resized[r, candidates[held]]
+    used = band[left - first : left - first + width].any(axis=0)
+    return first, candidates[used], band[:, used]
+
+
+@functools.cache
+def _bounded_resize_is_exact(resample) -> bool:
+    """Whether `_bounded_pad_resize` equals the direct computation on small wide and tall images (once per filter)."""
+    rng = np.random.default_rng(0)
+    for width, height, size in ((61, 23, 16), (23, 61, 16), (9, 140, 12), (140, 9, 12), (5, 3, 20), (3, 5, 20)):
+        image = PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        fast = np.asarray(_bounded_pad_resize(image, size, (122, 116, 104), resample))
+        if not np.array_equal(fast, np.asarray(_padded_resize(image, size, (122, 116, 104), resample))):
+            logger.warning_once(
+                "This PIL version resizes differently from what the bounded pad-and-resize assumes; images are padded "
+                "to a square in full before resizing (exact, but memory grows with the square)."
+            )
+            return False
+    return True
+
+
+def _square_resize_settings(image_processor, image_kwargs: dict) -> tuple[int, tuple, Any] | None:
+    """`(side, pad colour, filter)` when the image processor pads to a square and resizes it to `side x side` with a
+    PIL filter (LLaVA-1.5's preprocessing), with call-time overrides; None otherwise (nothing is pre-resized)."""
+
+    def setting(key):
+        return image_kwargs[key] if key in image_kwargs else getattr(image_processor, key, None)
+
+    if not setting("do_pad") or not setting("do_resize"):
+        return None
+    size = setting("size")
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    if get("shortest_edge") and not get("longest_edge"):
+        side = int(get("shortest_edge"))
+    elif get("height") and get("height") == get("width"):
+        side = int(get("height"))
+    else:
+        return None
+    mean = setting("image_mean")
+    if not isinstance(mean, (list, tuple)) or len(mean) != 3:
+        return None
+    try:
+        resample = PIL.Image.Resampling(int(setting("resample")))
+    except (TypeError, ValueError):  # e.g. a torchvision InterpolationMode: leave the image processor to it
+        return None
+    # The pad colour as the LLaVA image processors compute it (`int(x * 255)` of the mean: (122, 116, 104) for CLIP).
+    return side, tuple(int(x * 255) for x in mean), resample
 
 
 def _is_image_input(obj: Any) -> bool:
@@ -670,6 +930,7 @@ class SQLlavaProcessor(ProcessorMixin):
             raise ValueError("SQLlavaProcessor handles images and text only; got `audio` or `videos`.")
         if images is None and text is None:
             raise ValueError("Pass `text` and/or `images` to SQLlavaProcessor.")
+        limits = {name: kwargs.pop(key) for key, name in _IMAGE_LIMIT_KWARGS.items() if key in kwargs}
         text_kwargs, image_kwargs = self._split_kwargs(kwargs)
         return_tensors = text_kwargs.pop("return_tensors", None)
 
@@ -692,10 +953,22 @@ class SQLlavaProcessor(ProcessorMixin):
                 )
             data.update(self._tokenize_batch(texts, **text_kwargs))
         if flat_images:
-            rgb = [load_image_rgb(image, name=f"image {i}") for i, image in enumerate(flat_images)]
-            pixel_values = self.image_processor(rgb, return_tensors=return_tensors, **image_kwargs)["pixel_values"]
-            data["pixel_values"] = pixel_values
+            data["pixel_values"] = self._preprocess_images(flat_images, return_tensors, image_kwargs, limits)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _preprocess_images(self, images: list, return_tensors, image_kwargs: dict, limits: dict):
+        """Decode (`load_image_rgb`, with its size limits), pad to a square and resize at bounded cost
+        (`pad_to_square_and_resize`, the pixels of the image processor's own pad-then-resize), then let the image
+        processor finish (its pad and resize are no-ops on the square it gets; crop, rescale, normalise)."""
+        rgb = [load_image_rgb(image, name=f"image {i}", **limits) for i, image in enumerate(images)]
+        square = _square_resize_settings(self.image_processor, image_kwargs)
+        if square is not None:
+            side, fill, resample = square
+            rgb = [
+                pad_to_square_and_resize(image, side, fill, resample) if isinstance(image, PIL.Image.Image) else image
+                for image in rgb
+            ]
+        return self.image_processor(rgb, return_tensors=return_tensors, **image_kwargs)["pixel_values"]
 
     def _split_kwargs(self, kwargs: dict) -> tuple[dict, dict]:
         kwargs = dict(kwargs)
@@ -823,12 +1096,50 @@ class SQLlavaProcessor(ProcessorMixin):
         text = _NEXT_TURN.split(text, 1)[0]
         return text.strip()
 
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """
+        Decode generated token ids, one string per sequence: the hook `pipeline("image-text-to-text")` decodes with.
+
+        The model writes a space after `ASSISTANT:` / `VUSER:` (it is trained to: generation starts right after the
+        tag). The pipeline cuts the decoded prompt off the decoded full sequence, so that space used to start every
+        reply it returned (`" Yes."`). It is dropped after the last role tag of a sequence (the tag generation
+        started from), and at the start of a sequence that holds only new tokens.
+
+        Args:
+            generated_outputs (`torch.Tensor`, `np.ndarray` or `list`): token ids, `(batch, length)` or `(length,)`.
+            skip_special_tokens (`bool`, *optional*, defaults to `True`): passed to the tokenizer's decoding.
+            kwargs: passed to the tokenizer's `batch_decode`.
+
+        Returns:
+            `list[str]` (or `str` for a single sequence).
+        """
+        ids = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
+        single = bool(ids) and isinstance(ids[0], int)
+        texts = self.tokenizer.batch_decode([ids] if single else ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        texts = [_drop_reply_space(text) for text in texts]
+        return texts[0] if single else texts
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
 _LEADING_TAG = re.compile(r"^(?:(?:USER|ASSISTANT|VUSER)\s*:\s*)+")
+_GENERATION_TAG = re.compile(r"(?:ASSISTANT|VUSER):")
+
+
+def _drop_reply_space(text: str) -> str:
+    """`"... ASSISTANT: Yes."` -> `"... ASSISTANT:Yes."` after the last generation tag; `" Yes."` -> `"Yes."`."""
+    last = None
+    for last in _GENERATION_TAG.finditer(text):
+        pass
+    if last is None:
+        return text.lstrip(" ")
+    end = last.end()
+    rest = text[end:]
+    if rest.strip():
+        return text[:end] + rest.lstrip(" ")
+    return text
 _NEXT_TURN = re.compile(r"\s*\b(?:USER|ASSISTANT|VUSER)\s*:")
 
 
@@ -836,11 +1147,16 @@ SQLlavaProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "LLAVA_SYSTEM_PROMPT",
+    "MAX_IMAGE_ASPECT_RATIO",
+    "MAX_IMAGE_PIXELS",
     "SQ_SYSTEM_PROMPT",
+    "ImageLimitError",
     "SQLlavaProcessor",
     "add_sqllava_special_tokens",
     "build_image_processor",
+    "check_image_limits",
     "load_image_rgb",
+    "pad_to_square_and_resize",
     "render_conversation",
     "validate_messages",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from processing.processing_sqllava import MAX_IMAGE_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageLimitError
 from recipes.data import SkipStats, load_image
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ _PADDING_SIDES = ("right", "left")
 SKIP_IMAGE_TRUNCATED = "image_tokens_truncated"
 SKIP_NO_LABELS_AFTER_TRUNCATION = "no_labels_after_truncation"
 SKIP_UNREADABLE_IMAGE = "unreadable_image"
+SKIP_IMAGE_SIZE_LIMIT = "image_size_limit"
+SKIP_MULTI_TURN_IN_PRETRAIN = "multi_turn_in_pretrain"
 
 
 def vuser_draw(seed: int, epoch: int, index: int, num_turns: int, sq_ratio: float) -> list[bool]:
@@ -76,7 +79,10 @@ class SelfQuestioningCollator:
 
     Truncation to `max_length` keeps the start of the sequence. A sample whose image tokens would be cut, or which
     would keep no labelled token, is dropped, logged and counted in `stats` (or, with `strict=True`, raises a
-    `ValueError` naming the sample id). So is a sample whose image cannot be read. A batch whose samples were all
+    `ValueError` naming the sample id). So is a sample whose image cannot be read or is over the size limits
+    (`image_size_limit`), and, in pretrain mode (plain captions: one caption per image), a multi-turn record
+    (`multi_turn_in_pretrain`: joining its answers into one caption would train text nobody wrote). A batch whose
+    samples were all
     dropped becomes one row of `pad_to_multiple_of` (at least one) padding tokens with every label at -100: it
     contributes exactly zero to the loss and to the gradients, and keeps every rank stepping together under DDP.
 
@@ -103,7 +109,14 @@ class SelfQuestioningCollator:
             System prompt in finetune mode; defaults to the processor module's `SQ_SYSTEM_PROMPT`.
         stats (`SkipStats`, *optional*):
             Where dropped samples are counted; a fresh `recipes.data.SkipStats` by default. With dataloader workers,
-            each worker counts in its own copy: the per-sample log lines are the complete record.
+            each worker counts in its own copy, which never reaches the main process: use `report_skips`.
+        report_skips (`bool`, *optional*, defaults to `False`):
+            Add `skip_report` to the batch: `{"seen": records collated, "skipped": [(reason, sample_id, detail)]}`.
+            It travels with the batch out of dataloader workers, so the trainer counts every drop of the run.
+        max_image_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Images with more pixels are dropped (`image_size_limit`) before they are decoded; `None`: no limit.
+        max_image_aspect_ratio (`float`, *optional*, defaults to `MAX_IMAGE_ASPECT_RATIO`):
+            Images more elongated than this are dropped (`image_size_limit`); `None`: no limit.
         return_sample_ids (`bool`, *optional*, defaults to `False`):
             Add `sample_ids` (the ids of the kept records) to the batch, for auditing which rank trained on what.
 
@@ -131,6 +144,9 @@ class SelfQuestioningCollator:
     system_prompt: str | None = None
     stats: Any = None
     return_sample_ids: bool = False
+    report_skips: bool = False
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    max_image_aspect_ratio: float | None = MAX_IMAGE_ASPECT_RATIO
     epoch: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -202,11 +218,25 @@ class SelfQuestioningCollator:
     def _skip(self, record: dict[str, Any], reason: str, detail: str) -> None:
         sample_id = record.get("id", record.get("index"))
         if self.strict:
-            raise ValueError(f"Sample {sample_id!r}: {reason} ({detail}). Fix or remove it, or set strict=False.")
-        self.stats.add(reason, sample_id)
+            raise ValueError(
+                f"Sample {sample_id!r}: {reason} ({detail}). Fix or remove it, or skip and count such samples "
+                "(strict=False in Python, `--strict_data false` on the command line)."
+            )
+        self.stats.add(reason, sample_id, detail=detail)
+        self._batch_skips.append((reason, str(sample_id), detail))
         logger.warning("Skipping sample %r: %s (%s).", sample_id, reason, detail)
 
     def _encode(self, record: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+        if self.mode == "pretrain":
+            answers = sum(1 for message in record["messages"] if message["role"] == "assistant")
+            if answers > 1:
+                # LLaVA's plain format is one caption per image (its `preprocess_plain` asserts two turns).
+                self._skip(
+                    record,
+                    SKIP_MULTI_TURN_IN_PRETRAIN,
+                    f"{answers} answers; stage 1 trains one caption per image, use the record in stage 2",
+                )
+                return None
         messages = self.convert_messages(record)
         if self.mode == "finetune":
             encoded = self.processor.tokenize_conversation(messages, mode="chat", system_prompt=self.system_prompt)
@@ -236,17 +266,28 @@ class SelfQuestioningCollator:
 
     def _load_images(self, record: dict[str, Any]) -> list[Any] | None:
         images = []
+        limits = {"max_pixels": self.max_image_pixels, "max_aspect_ratio": self.max_image_aspect_ratio}
         for image in record.get("images") or []:
             try:
-                images.append(load_image(image))
+                images.append(load_image(image, **limits))
+            except ImageLimitError as error:
+                self._skip(record, SKIP_IMAGE_SIZE_LIMIT, str(error))
+                return None
             except (ValueError, OSError) as error:
-                self._skip(record, SKIP_UNREADABLE_IMAGE, f"{image if isinstance(image, str) else 'image'}: {error}")
+                self._skip(record, SKIP_UNREADABLE_IMAGE, str(error))  # the error names the file
                 return None
         return images
 
     # ---- batch ----
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        self._batch_skips: list[tuple[str, str, str]] = []
+        batch = self._collate(records)
+        if self.report_skips:
+            batch["skip_report"] = {"seen": len(records), "skipped": self._batch_skips}
+        return batch
+
+    def _collate(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences: list[tuple[list[int], list[int]]] = []
         batch_images: list[Any] = []
         kept_ids: list[str] = []
@@ -286,7 +327,13 @@ class SelfQuestioningCollator:
             "question_mask": torch.from_numpy(question_mask),
         }
         if batch_images:
-            batch["pixel_values"] = self.processor.image_processor(batch_images, return_tensors="pt")["pixel_values"]
+            # Through the processor: the bounded pad-and-resize, bit-identical to the image processor's own.
+            batch["pixel_values"] = self.processor(
+                images=batch_images,
+                return_tensors="pt",
+                max_image_pixels=self.max_image_pixels,
+                max_image_aspect_ratio=self.max_image_aspect_ratio,
+            )["pixel_values"]
         if self.return_sample_ids:
             batch["sample_ids"] = kept_ids
         return batch

@@ -1,8 +1,9 @@
 """Script arguments and the small pieces `pretrain.py` and `finetune.py` share.
 
-The two entry points parse three dataclasses with `trl.TrlParser`: `ModelArguments` and `DataArguments` below, and
-`SQLlavaSFTConfig` (the `SFTConfig` subclass of `recipes/trainer.py`). A YAML file given with `--config` sets their
-defaults, command-line flags override it, and unknown keys are rejected (TRL's behaviour).
+The two entry points parse three dataclasses with `trl.TrlParser` (`parse_recipe_args`): `ModelArguments` and
+`DataArguments` below, and `SQLlavaSFTConfig` (the `SFTConfig` subclass of `recipes/trainer.py`). A YAML file given
+with `--config` sets their defaults, command-line flags override it, unknown keys are rejected (TRL's behaviour), and
+so are abbreviations (`--learning_rat` is an error, not `--learning_rate`).
 """
 
 from __future__ import annotations
@@ -103,10 +104,17 @@ class DataArguments:
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "LLaVA's length-grouped batches, image and text-only samples apart."}
     )
+    allow_images_outside_folder: bool = field(
+        default=False,
+        metadata={"help": "Accept image paths that leave --image_folder ('../x.jpg', absolute paths elsewhere)."},
+    )
 
     def __post_init__(self):
         if not self.data_path and not self.dataset_name:
-            raise ValueError("Give at least one data source: --data_path file.json or --dataset_name name.")
+            raise ValueError(
+                "No training data: pass a recipe with --config (e.g. --config recipes/configs/sqllava-7b/finetune.yaml, "
+                "which sets data_path), or a data source: --data_path file.json or --dataset_name name."
+            )
         n_sources = len(self.data_path) + len(self.dataset_name)
         if self.mixture_weights and len(self.mixture_weights) != n_sources:
             raise ValueError(
@@ -150,6 +158,21 @@ def build_lora_config(model_args: ModelArguments, *, modules_to_save: list[str] 
     )
 
 
+def get_peft_model(model, lora_config, **kwargs):
+    """`peft.get_peft_model`, without the deprecation warning it triggers on every run under transformers 5.
+
+    PEFT reads `model.is_gradient_checkpointing`, which transformers 5 renamed (`is_activation_checkpointing`) and
+    warns about at each read; nothing a user can change. Only that warning, raised inside this call, is silenced.
+    """
+    import warnings
+
+    from peft import get_peft_model as peft_get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return peft_get_peft_model(model, lora_config, **kwargs)
+
+
 def apply_vision_lora_dropout(model, p: float) -> int:
     """Set the dropout of every ViT-LoRA layer to `p`; returns how many layers were changed."""
     import torch
@@ -170,43 +193,42 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` under `output_dir` whose save finished, or None.
+    """The newest complete and readable `checkpoint-N` under `output_dir` (see `recipes.checkpoints`), or None."""
+    from recipes.checkpoints import last_complete_checkpoint as newest_complete
 
-    `Trainer` writes `trainer_state.json` after the weights, optimizer and RNG states, so a checkpoint without it was
-    interrupted mid-save (a killed job): it is skipped and the previous complete one is used instead.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit() and os.path.isdir(path):
-            if os.path.isfile(os.path.join(path, "trainer_state.json")):
-                steps.append((int(name[len("checkpoint-") :]), path))
-            else:
-                logger.warning("Ignoring incomplete checkpoint %s (no trainer_state.json: interrupted save).", path)
-    return max(steps)[1] if steps else None
+    return newest_complete(output_dir)
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """Turn `--resume_from_checkpoint` (a path, `true`/`latest`, or nothing) into a checkpoint path or None."""
-    if resume_from_checkpoint in (None, False, "", "false", "False"):
-        return None
-    if resume_from_checkpoint in (True, "true", "True", "latest"):
-        found = last_complete_checkpoint(output_dir)
-        if found is None:
-            logger.warning(
-                "resume_from_checkpoint=%s but no complete checkpoint in %s: starting fresh.",
-                resume_from_checkpoint,
-                output_dir,
-            )
-        return found
-    if not os.path.isfile(os.path.join(str(resume_from_checkpoint), "trainer_state.json")):
-        raise ValueError(
-            f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder (no "
-            "trainer_state.json); pass another checkpoint or `latest`."
+    """Turn `--resume_from_checkpoint` (a path, `true`/`latest`, or nothing) into a complete checkpoint or None."""
+    from recipes.checkpoints import resolve_resume_checkpoint as resolve
+
+    return resolve(resume_from_checkpoint, output_dir)
+
+
+def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None, script: str):
+    """Parse a recipe's command line with `trl.TrlParser`: YAML defaults from `--config`, flags override them,
+    unknown keys and abbreviated flags are errors.
+
+    Args:
+        dataclass_types: the argument dataclasses, in the order they are returned.
+        argv: the arguments (default: `sys.argv[1:]`).
+        script: the script's path for messages, e.g. `recipes/finetune.py`.
+    """
+    import sys
+
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage = "pretrain" if "pretrain" in os.path.basename(script) else "finetune"
+    if not argv:
+        raise SystemExit(
+            f"{script} takes a recipe: accelerate launch {script} --config recipes/configs/sqllava-7b/{stage}.yaml "
+            f"(or recipes/configs/tiny/{stage}.yaml on a CPU); any YAML key can be overridden with --key value."
         )
-    return str(resume_from_checkpoint)
+    # allow_abbrev=False: argparse would otherwise take `--learning_rat 1e-3` as `--learning_rate`.
+    parser = TrlParser(dataclass_types, allow_abbrev=False)
+    return parser.parse_args_and_config(argv)
 
 
 def load_training_data(data_args: DataArguments, *, seed: int, strict: bool, stats=None):
@@ -214,7 +236,14 @@ def load_training_data(data_args: DataArguments, *, seed: int, strict: bool, sta
     from recipes.data import MixtureDataset, load_hf_dataset, load_llava_json
 
     sources = [
-        load_llava_json(path, data_args.image_folder, strict=strict, stats=stats, max_samples=data_args.max_samples)
+        load_llava_json(
+            path,
+            data_args.image_folder,
+            strict=strict,
+            stats=stats,
+            max_samples=data_args.max_samples,
+            allow_outside_image_folder=data_args.allow_images_outside_folder,
+        )
         for path in data_args.data_path
     ]
     sources += [
@@ -273,10 +302,22 @@ def build_processor_from_towers(vision_path: str, text_path: str, *, image_size:
     return SQLlavaProcessor.from_tokenizer(tokenizer, image_size=image_size, patch_size=vision_config.patch_size)
 
 
-def train(model, processor, data_args: DataArguments, training_args):
+def recipe_fingerprint(model_args: ModelArguments | None, data_args: DataArguments, training_args, *extra) -> dict:
+    """The run fingerprint stored with each checkpoint: every argument except output paths and reporting, the data
+    files (size, SHA-256 of the first MiB) and the model path (see `recipes.checkpoints.run_fingerprint`)."""
+    from recipes.checkpoints import run_fingerprint
+
+    files = list(data_args.data_path) + [name for name in data_args.dataset_name if os.path.isdir(name)]
+    return run_fingerprint(
+        model_args, data_args, training_args, *extra, data_files=files, world_size=training_args.world_size
+    )
+
+
+def train(model, processor, data_args: DataArguments, training_args, model_args: ModelArguments | None = None):
     """Load the data, build `SQLlavaTrainer` and train (resuming when asked); returns `(trainer, train_result)`.
 
-    The same for both stages: the stage (`training_args.stage`) selects the collator's format.
+    The same for both stages: the stage (`training_args.stage`) selects the collator's format. With `model_args`,
+    the run fingerprint covers the model too.
     """
     from recipes.data import SkipStats
     from recipes.trainer import SQLlavaTrainer
@@ -292,12 +333,15 @@ def train(model, processor, data_args: DataArguments, training_args):
         processing_class=processor,
         skip_stats=stats,
         group_by_modality_length=data_args.group_by_modality_length,
+        run_fingerprint=recipe_fingerprint(model_args, data_args, training_args),
     )
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    return trainer, trainer.train(resume_from_checkpoint=resume)
+    # "latest" is resolved by the trainer: the newest complete checkpoint, skipped ones logged.
+    return trainer, trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
 
 def write_run_reports(trainer, train_result, output_dir: str) -> None:
-    """`train_results.json` and `skipped_samples.json` (bad records by reason) next to the saved model."""
+    """`train_results.json` and `skipped_samples.json` (every dropped sample of the run, by reason) next to the
+    saved model."""
     write_json(os.path.join(output_dir, "train_results.json"), train_result.metrics)
-    write_json(os.path.join(output_dir, "skipped_samples.json"), trainer.skip_stats.as_dict())
+    report = trainer.final_skip_report or trainer.skip_stats.as_dict()
+    write_json(os.path.join(output_dir, "skipped_samples.json"), report)

@@ -9,10 +9,11 @@ the first user message starts with one `"<image>\\n"` per image when the sample 
 opened by the collator (`load_image`) inside dataloader workers, so loading a 665K-record JSON stores strings only.
 
 Bad records never crash an epoch and are never trained on silently: they are skipped at load and counted by reason
-in a `SkipStats` (`missing_image`, `non_alternating`, `empty_text`, `image_token_mismatch`, `non_utf8`,
-`malformed_record`, and `unreadable_image` with `verify_images=True`); `strict=True` raises on the first one instead.
-Images that are present but turn out corrupt only at decode time are the collator's to skip (`load_image` raises a
-`ValueError` naming the file).
+in a `SkipStats` (`missing_image`, `image_outside_folder`, `non_alternating`, `empty_text`, `image_token_mismatch`,
+`non_utf8`, `malformed_record`, and `unreadable_image` / `image_size_limit` with `verify_images=True`);
+`strict=True` raises on the first one instead. Images that are present but turn out corrupt or over the size limits
+only at decode time are the collator's to skip (`load_image` raises a `ValueError` naming the file). A data file
+that cannot be read as a whole (not JSON, JSON Lines in a `.json` file, empty) is an error naming the file.
 
 Why a list-backed `torch.utils.data.Dataset` rather than `datasets.Dataset` for LLaVA JSON: it reads 665K records in
 seconds with no Arrow cache to write or invalidate, keeps exactly one compact copy of the text in memory (the
@@ -29,7 +30,6 @@ reference LLaVA code keeps the raw dicts), and pickles cheaply to dataloader wor
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import math
@@ -40,8 +40,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
+
+from processing.processing_sqllava import (
+    MAX_IMAGE_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    ImageLimitError,
+    check_image_limits,
+    load_image_rgb,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -52,7 +60,9 @@ IMAGE_LENGTH_ESTIMATE = 128
 
 SKIP_REASONS: tuple[str, ...] = (
     "missing_image",
+    "image_outside_folder",
     "unreadable_image",
+    "image_size_limit",
     "non_alternating",
     "empty_text",
     "image_token_mismatch",
@@ -60,6 +70,8 @@ SKIP_REASONS: tuple[str, ...] = (
     "malformed_record",
 )
 _ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# How a Python user and a command-line user turn strict mode off (both read in error messages).
+_NOT_STRICT = "strict=False in Python, `--strict_data false` on the command line"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -68,35 +80,46 @@ _ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "
 
 
 class SkipStats:
-    """Counts of skipped records by reason, with a few example sample ids per reason.
+    """Counts of skipped records by reason, with a few example sample ids and the first detail per reason.
 
     Picklable (plain attributes) so dataloader workers can carry one, and mergeable (`merge`, `+`) to sum several
-    datasets or workers.
+    datasets or workers. `seen` counts the records examined (skipped or not), so `fraction` is the share skipped.
 
     Args:
         max_examples: sample ids kept per reason (counts are always exact).
 
     >>> stats = SkipStats()
-    >>> stats.add("missing_image", "000123")
-    >>> stats.as_dict()
-    {'total': 1, 'counts': {'missing_image': 1}, 'examples': {'missing_image': ['000123']}}
+    >>> stats.add("missing_image", "000123", detail="image file 'a.png' not found")
+    >>> stats.seen = 10
+    >>> stats.as_dict()["counts"], stats.fraction
+    ({'missing_image': 1}, 0.1)
     """
 
     def __init__(self, max_examples: int = 5):
         self.max_examples = max_examples
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
+        self.details: dict[str, str] = {}
+        self.seen = 0
 
-    def add(self, reason: str, sample_id: Any, count: int = 1) -> None:
-        """Records `count` skipped samples for `reason`; `sample_id` is kept as an example while there is room."""
+    def add(self, reason: str, sample_id: Any, count: int = 1, detail: str | None = None) -> None:
+        """Records `count` skipped samples for `reason`; `sample_id` is kept as an example while there is room, and
+        `detail` (what is wrong) when it is the reason's first."""
         self.counts[reason] += count
         examples = self.examples.setdefault(reason, [])
         if len(examples) < self.max_examples:
             examples.append(str(sample_id))
+        if detail and reason not in self.details:
+            self.details[reason] = f"{sample_id}: {detail}"
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def fraction(self) -> float:
+        """Skipped records over records examined (`seen`); 0.0 when nothing was examined."""
+        return self.total / self.seen if self.seen else 0.0
 
     def __len__(self) -> int:
         return self.total
@@ -105,13 +128,16 @@ class SkipStats:
         return self.total > 0
 
     def merge(self, other: SkipStats) -> SkipStats:
-        """Adds the counts and examples of `other` into this object (in place) and returns it."""
+        """Adds the counts, `seen`, examples and details of `other` into this object (in place) and returns it."""
         if not isinstance(other, SkipStats):
             raise TypeError(f"`other` must be a SkipStats, got {type(other).__name__}.")
         self.counts.update(other.counts)
+        self.seen += other.seen
         for reason, ids in other.examples.items():
             mine = self.examples.setdefault(reason, [])
             mine.extend(ids[: max(0, self.max_examples - len(mine))])
+        for reason, detail in other.details.items():
+            self.details.setdefault(reason, detail)
         return self
 
     def __add__(self, other: SkipStats) -> SkipStats:
@@ -119,13 +145,34 @@ class SkipStats:
         return out.merge(self).merge(other)
 
     def as_dict(self) -> dict[str, Any]:
-        """`{"total": int, "counts": {reason: int}, "examples": {reason: [sample ids]}}`, reasons sorted."""
+        """`{"total", "seen", "counts": {reason: int}, "examples": {reason: [ids]}, "details": {reason: str}}`."""
         reasons = sorted(self.counts)
         return {
             "total": self.total,
+            "seen": self.seen,
             "counts": {r: self.counts[r] for r in reasons},
             "examples": {r: list(self.examples.get(r, [])) for r in reasons},
+            "details": {r: self.details[r] for r in reasons if r in self.details},
         }
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any], max_examples: int = 5) -> SkipStats:
+        """The inverse of `as_dict` (e.g. the counts stored in a checkpoint)."""
+        stats = cls(max_examples)
+        stats.counts.update({str(r): int(n) for r, n in payload.get("counts", {}).items()})
+        stats.examples = {str(r): [str(i) for i in ids] for r, ids in payload.get("examples", {}).items()}
+        stats.details = {str(r): str(d) for r, d in payload.get("details", {}).items()}
+        stats.seen = int(payload.get("seen", 0))
+        return stats
+
+    def summary(self) -> str:
+        """One line: `missing_image: 3 (e.g. a, b; a: image file 'x.png' not found), ...`, reasons sorted."""
+        parts = []
+        for reason in sorted(self.counts):
+            example = ", ".join(self.examples.get(reason, []))
+            detail = f"; {self.details[reason]}" if reason in self.details else ""
+            parts.append(f"{reason}: {self.counts[reason]} (e.g. {example}{detail})")
+        return ", ".join(parts)
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Writes `as_dict()` to `path` (parent folders created), e.g. `<output_dir>/skipped_samples.json`."""
@@ -140,11 +187,11 @@ class SkipStats:
         if not self.total:
             logger.info(f"{prefix}no samples skipped")
             return
-        detail = ", ".join(f"{r}: {n} (e.g. {', '.join(self.examples.get(r, []))})" for r, n in self.counts.items())
-        logger.warning(f"{prefix}skipped {self.total} samples: {detail}")
+        of = f" of {self.seen}" if self.seen else ""
+        logger.warning(f"{prefix}skipped {self.total}{of} samples: {self.summary()}")
 
     def __repr__(self) -> str:
-        return f"SkipStats({dict(self.counts)})"
+        return f"SkipStats({dict(self.counts)}, seen={self.seen})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SkipStats) and self.as_dict() == other.as_dict()
@@ -164,60 +211,67 @@ class BadRecordError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_image(path_or_image: str | os.PathLike | Image.Image | bytes | Mapping[str, Any]) -> Image.Image:
+def load_image(
+    path_or_image: str | os.PathLike | Image.Image | bytes | Mapping[str, Any],
+    *,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = MAX_IMAGE_ASPECT_RATIO,
+) -> Image.Image:
     """Opens an image as RGB, fully decoded (truncated files fail here, not later in the processor).
 
-    Transparent images (RGBA, LA, P with transparency) are composited on white, as transformers' `convert_to_rgb`
-    does at inference, so training and inference see the same pixels; L, P, CMYK, I;16 ... are converted to RGB.
+    The same function as inference: `processing.processing_sqllava.load_image_rgb`, so training and inference see
+    the same pixels. One colour rule, LLaVA's `.convert("RGB")`: transparency is dropped (the colour under the alpha
+    channel is kept), L, P, CMYK ... are converted, 16-bit greyscale is rescaled to 8 bits. The size limits are
+    checked on the file header, before decoding.
 
     Args:
         path_or_image: a file path, a `PIL.Image.Image`, encoded bytes, or an HF `Image(decode=False)` dict
             (`{"bytes": ..., "path": ...}`).
+        max_pixels: pixel-count limit (`None`: no limit); over it raises `ImageLimitError`.
+        max_aspect_ratio: aspect-ratio limit (`None`: no limit); over it raises `ImageLimitError`.
 
     Raises:
+        ImageLimitError: (a `ValueError`) the image is over a size limit.
         ValueError: naming the path when the file is missing, unreadable or corrupt.
     """
-    if isinstance(path_or_image, Image.Image):
-        return _to_rgb(path_or_image)
+    limits = {"max_pixels": max_pixels, "max_aspect_ratio": max_aspect_ratio}
     if isinstance(path_or_image, Mapping):
         data, path = path_or_image.get("bytes"), path_or_image.get("path")
         if data is None and path is None:
             raise ValueError(f"Image dict {sorted(path_or_image)} has neither 'bytes' nor 'path'.")
-        return load_image(data if data is not None else path)
-    if isinstance(path_or_image, (bytes, bytearray)):
-        name, source = "<bytes>", io.BytesIO(path_or_image)
-    elif isinstance(path_or_image, (str, os.PathLike)):
-        name = source = os.fspath(path_or_image)
-        if not os.path.isfile(name):
-            raise ValueError(f"Image file not found: {name!r}. Check the image folder or remove the record.")
-    else:
+        return load_image(data if data is not None else path, **limits)
+    if not isinstance(path_or_image, (str, os.PathLike, bytes, bytearray, Image.Image)):
         raise TypeError(
             f"`path_or_image` must be a path, bytes, a dict or a PIL.Image, got {type(path_or_image).__name__}."
         )
-    try:
-        with Image.open(source) as image:
-            image.load()
-            return _to_rgb(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    return load_image_rgb(path_or_image, name="image", **limits)
+
+
+def resolve_image_path(image_folder: str, path: str, allow_outside: bool = False) -> str:
+    """`path` joined to `image_folder`, refused when it leaves the folder (`../`, an absolute path elsewhere).
+
+    The check is on the normalised path, not on resolved links: an image folder that is itself a link to other
+    storage (common for COCO and friends) works; a record that names a file outside the folder does not.
+
+    Args:
+        image_folder: the folder the dataset's image paths are relative to.
+        path: the record's image path.
+        allow_outside: accept paths that leave the folder (`--allow_images_outside_folder`).
+
+    Raises:
+        ValueError: naming the path and the folder, when `path` leaves the folder and `allow_outside` is False.
+    """
+    joined = os.path.join(image_folder, path)
+    if allow_outside:
+        return joined
+    folder = os.path.normpath(os.path.abspath(image_folder))
+    target = os.path.normpath(os.path.abspath(joined))
+    if target != folder and not target.startswith(folder.rstrip(os.sep) + os.sep):
         raise ValueError(
-            f"Cannot read image {name!r} ({type(e).__name__}: {e}); the file is corrupt or not an image."
-        ) from e
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: PIL's direct conversion clips at 255, so rescale to 8 bits first.
-        image = image.point(lambda v: v * (255 / 65535)).convert("L")
-    return image.convert("RGB")
+            f"image path {path!r} leaves the image folder {image_folder!r} (resolves to {target!r}); fix the record "
+            "or allow it (`allow_outside_image_folder=True`, `--allow_images_outside_folder` on the command line)."
+        )
+    return joined
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -254,14 +308,18 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], num_images: int) -
     Raises:
         _Bad: with `.reason` one of `SKIP_REASONS` (internal: callers turn it into a skip or a `ValueError`).
     """
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise _Bad("malformed_record", "the conversation is missing or not a non-empty list")
+    if messages is None:
+        raise _Bad("malformed_record", "the record has no conversation ('conversations' / 'messages')")
+    if not isinstance(messages, (list, tuple)):
+        raise _Bad("malformed_record", f"the conversation is {_describe(messages)}, not a list of turns")
+    if not messages:
+        raise _Bad("malformed_record", "the conversation is an empty list")
     out: list[dict[str, str]] = []
     token_count = 0
     start = 0
     first = messages[0]
     if isinstance(first, dict) and (first.get("role") or first.get("from")) == "system":
-        content = _content_to_text(first.get("content", first.get("value")), 0)[0]
+        content = _content_to_text(_message_content(first, 0), 0)[0]
         _check_utf8(content, "turn 0")
         out.append({"role": "system", "content": content})
         start = 1
@@ -271,12 +329,17 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], num_images: int) -
     for t, message in enumerate(turns):
         if not isinstance(message, dict):
             raise _Bad("malformed_record", f"turn {t} is a {type(message).__name__}, not a dict")
-        raw_role = message.get("role", message.get("from"))
-        role = _ROLE_MAP.get(raw_role) if isinstance(raw_role, str) else None
+        role_key = "role" if "role" in message else "from"
+        raw_role = message.get(role_key)
+        if raw_role is None:
+            raise _Bad("malformed_record", f"turn {t} has no 'from' / 'role' field")
+        if not isinstance(raw_role, str):
+            raise _Bad("malformed_record", f"turn {t} {role_key!r} is {_describe(raw_role)}, not a string")
+        role = _ROLE_MAP.get(raw_role)
         expected = "user" if t % 2 == 0 else "assistant"
         if role != expected:
             raise _Bad("non_alternating", f"turn {t} has role {raw_role!r}, expected {expected!r}")
-        content, n_tokens = _content_to_text(message.get("content", message.get("value")), t)
+        content, n_tokens = _content_to_text(_message_content(message, t), t)
         _check_utf8(content, f"turn {t}")
         if n_tokens and t != 0:
             raise _Bad("image_token_mismatch", f"turn {t} contains {IMAGE_TOKEN} (only the first user turn may)")
@@ -298,6 +361,22 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]], num_images: int) -
     return out
 
 
+def _describe(value: Any) -> str:
+    """`an int (42)`, `a dict ({...})`: a short description of a value of the wrong type, for error details."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({shown})"
+
+
+def _message_content(message: Mapping[str, Any], turn: int) -> Any:
+    if "content" in message:
+        return message["content"]
+    if "value" in message:
+        return message["value"]
+    raise _Bad("malformed_record", f"turn {turn} has no 'value' / 'content' field")
+
+
 def _content_to_text(content: Any, turn: int) -> tuple[str, int]:
     """Returns (text, number of `<image>` placeholders) of a string or a list of typed parts."""
     if isinstance(content, str):
@@ -313,9 +392,9 @@ def _content_to_text(content: Any, turn: int) -> tuple[str, int]:
                 texts.append(part["text"])
                 images += part["text"].count(IMAGE_TOKEN)
             else:
-                raise _Bad("malformed_record", f"turn {turn} has an unknown content part {part!r}")
+                raise _Bad("malformed_record", f"turn {turn} has an unknown content part {_describe(part)}")
         return (IMAGE_TOKEN * images) + "".join(texts), images
-    raise _Bad("malformed_record", f"turn {turn} content is a {type(content).__name__}, not text")
+    raise _Bad("malformed_record", f"turn {turn} text ('value' / 'content') is {_describe(content)}, not a string")
 
 
 def estimate_length(messages: Sequence[Mapping[str, Any]], num_images: int) -> int:
@@ -443,26 +522,56 @@ class _FileIndex:
 
 
 def _read_json_records(json_path: str) -> list[Any]:
+    """The records of a JSON list (`.json`) or JSON Lines (`.jsonl`) file; errors name the file and what is wrong."""
     # surrogateescape: undecodable bytes become lone surrogates, caught per record as `non_utf8` instead of failing
     # the whole file in json.load.
     with open(json_path, encoding="utf-8", errors="surrogateescape") as f:
-        if json_path.endswith(".jsonl"):
-            records = []
-            for line_number, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    records.append(_MalformedLine(line_number, str(e)))
-            return records
-        data = json.load(f)
+        text = f.read()
+    if not text.strip():
+        raise ValueError(
+            f"Data file {json_path!r} is empty ({len(text)} bytes): expected a JSON list of records, or one record "
+            "per line in a .jsonl file."
+        )
+    if json_path.endswith(".jsonl"):
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                records.append(_MalformedLine(line_number, str(e)))
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and _first_line_is_json(text):
+            raise ValueError(
+                f"Data file {json_path!r} holds JSON Lines (one JSON value per line; extra data at line {e.lineno}), "
+                "but its name ends in .json, which is read as one JSON list. Rename it to .jsonl, or write the "
+                "records as a JSON list."
+            ) from None
+        raise ValueError(
+            f"Data file {json_path!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Expected a "
+            "JSON list of records (LLaVA format)."
+        ) from None
     if isinstance(data, Mapping):
         # {"id": record} dumps exist; a dict with "conversations" is a single record.
         data = [data] if "conversations" in data else list(data.values())
     if not isinstance(data, list):
         raise TypeError(f"`json_path` {json_path!r} must hold a JSON list of records, got {type(data).__name__}.")
+    if not data:
+        raise ValueError(f"Data file {json_path!r} holds an empty list: no record to train on.")
     return data
+
+
+def _first_line_is_json(text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 class _MalformedLine:
@@ -481,6 +590,7 @@ def load_llava_json(
     check_images: bool = True,
     verify_images: bool = False,
     name: str | None = None,
+    allow_outside_image_folder: bool = False,
 ) -> ConversationDataset:
     """Loads LLaVA / ShareGPT4V conversation JSON (or JSONL) into canonical records, skipping bad records.
 
@@ -496,8 +606,11 @@ def load_llava_json(
         stats: a `SkipStats` to add the skip counts to (also available as `dataset.skip_stats`).
         max_samples: keep at most this many valid records (the first ones), e.g. for smoke runs.
         check_images: check that image files exist (one directory listing per image folder).
-        verify_images: also open each image header with PIL (slow on big datasets; catches unreadable files).
+        verify_images: also open each image header with PIL (slow on big datasets; catches unreadable files and
+            images over the size limits).
         name: dataset name for logs; defaults to the file name.
+        allow_outside_image_folder: accept image paths that leave `image_folder` (`../x.jpg`, an absolute path
+            elsewhere); by default such a record is skipped as `image_outside_folder`.
 
     Returns:
         `ConversationDataset` with `lengths`, `modality_lengths` and `skip_stats`.
@@ -518,9 +631,11 @@ def load_llava_json(
     dataset = ConversationDataset(name=name, skip_stats=local_stats)
 
     raw_records = _read_json_records(json_path)
+    examined = 0
     for position, raw in enumerate(raw_records):
         if max_samples is not None and len(dataset) >= max_samples:
             break
+        examined += 1
         raw_records[position] = None  # frees each raw dict once read: peak memory stays near one copy of the data
         sample_id = str(raw.get("id", position)) if isinstance(raw, Mapping) else str(position)
         try:
@@ -529,7 +644,7 @@ def load_llava_json(
             if not isinstance(raw, Mapping):
                 raise _Bad("malformed_record", f"record is a {type(raw).__name__}, not a dict")
             _check_utf8(sample_id, "the id")
-            images = _record_images(raw.get("image"), image_folder)
+            images = _record_images(raw.get("image"), image_folder, allow_outside_image_folder)
             messages = normalize_messages(raw.get("conversations"), len(images))
             for path in images:
                 if check_images and not files.exists(path):
@@ -541,13 +656,14 @@ def load_llava_json(
             if strict:
                 raise BadRecordError(
                     f"Bad record id={safe_id!r} (position {position} in {json_path}): {bad.reason}: {bad.detail}. "
-                    "Fix or remove the record, or load with strict=False to skip and count such records.",
+                    f"Fix or remove the record, or skip and count such records: {_NOT_STRICT}.",
                     reason=bad.reason,
                     sample_id=safe_id,
                 ) from None
-            local_stats.add(bad.reason, safe_id)
+            local_stats.add(bad.reason, safe_id, detail=bad.detail)
             continue
         dataset.append(sample_id, images, messages)
+    local_stats.seen = examined
     del raw_records
 
     if stats is not None:
@@ -557,21 +673,30 @@ def load_llava_json(
     return dataset
 
 
-def _record_images(image: Any, image_folder: str) -> list[str]:
+def _record_images(image: Any, image_folder: str, allow_outside: bool) -> list[str]:
     if image is None:
         return []
     paths = [image] if isinstance(image, str) else image
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-        raise _Bad("malformed_record", f"'image' must be a path or a list of paths, got {image!r}")
+        raise _Bad("malformed_record", f"'image' must be a path or a list of paths, got {_describe(image)}")
     for p in paths:
         _check_utf8(p, "the image path")
-    return [os.path.join(image_folder, p) for p in paths]
+    resolved = []
+    for p in paths:
+        try:
+            resolved.append(resolve_image_path(image_folder, p, allow_outside))
+        except ValueError as error:
+            raise _Bad("image_outside_folder", str(error)) from None
+    return resolved
 
 
 def _verify_image(path: str) -> None:
     try:
         with Image.open(path) as image:
+            check_image_limits(*image.size, name=f"image file {path!r}")
             image.verify()
+    except ImageLimitError as e:
+        raise _Bad("image_size_limit", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files; each one means "unreadable"
         raise _Bad("unreadable_image", f"image file {path!r} cannot be read ({type(e).__name__}: {e})") from None
 
@@ -710,6 +835,7 @@ def from_hf_dataset(
     for position, row in enumerate(text_columns):
         if max_samples is not None and len(rows) >= max_samples:
             break
+        local_stats.seen += 1
         sample_id = str(row["id"]) if has_id else f"{name}-{position}"
         try:
             messages = normalize_messages(row["messages"], num_images[position])
@@ -717,11 +843,11 @@ def from_hf_dataset(
             if strict:
                 raise BadRecordError(
                     f"Bad record id={sample_id!r} (row {position} of {name}): {bad.reason}: {bad.detail}. "
-                    "Fix or remove the record, or load with strict=False to skip and count such records.",
+                    f"Fix or remove the record, or skip and count such records: {_NOT_STRICT}.",
                     reason=bad.reason,
                     sample_id=sample_id,
                 ) from None
-            local_stats.add(bad.reason, sample_id)
+            local_stats.add(bad.reason, sample_id, detail=bad.detail)
             continue
         rows.append(position)
         lengths.append(estimate_length(messages, num_images[position]))
@@ -1025,4 +1151,5 @@ __all__ = [
     "load_llava_json",
     "modality_length",
     "normalize_messages",
+    "resolve_image_path",
 ]

@@ -462,7 +462,7 @@ def chunk(questions: Sequence[dict[str, Any]], num_chunks: int, chunk_idx: int) 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--model", required=True, help="Hub id or folder of the model (and its processor).")
     parser.add_argument("--question-file", required=True, help="LLaVA question jsonl.")

@@ -53,10 +53,9 @@ class ExportArguments:
 
 def build_stage2_model(model_args: ModelArguments):
     """The stage-1 model with one LoRA adapter on both towers; the projector trains in full (modules_to_save)."""
-    from peft import get_peft_model
-
     from modeling_sqllava import SQLlavaForConditionalGeneration
     from processing import SQLlavaProcessor
+    from recipes.common import get_peft_model
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required in stage 2: the folder written by recipes/pretrain.py.")
@@ -91,7 +90,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args, ex
     # Trainer only seeds in its own __init__, after that.
     set_seed(training_args.seed)
     model, processor = build_stage2_model(model_args)
-    trainer, result = train(model, processor, data_args, training_args)
+    trainer, result = train(model, processor, data_args, training_args, model_args=model_args)
 
     # Trainer.save_model gathers ZeRO-3 / FSDP shards before PEFT writes the adapter (+ projector) weights.
     trainer.save_model(training_args.output_dir)
@@ -140,12 +139,10 @@ def _check_saved_adapter(folder: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None):
-    from trl import TrlParser
-
+    from recipes.common import parse_recipe_args
     from recipes.trainer import SQLlavaSFTConfig
 
-    parser = TrlParser((ModelArguments, DataArguments, SQLlavaSFTConfig, ExportArguments))
-    return parser.parse_args_and_config(argv)
+    return parse_recipe_args((ModelArguments, DataArguments, SQLlavaSFTConfig, ExportArguments), argv, script="recipes/finetune.py")
 
 
 if __name__ == "__main__":

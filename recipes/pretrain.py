@@ -73,7 +73,7 @@ def prepare_stage1_trainables(model, model_args: ModelArguments):
     lora_config = build_lora_config(stage1_args, modules_to_save=["multi_modal_projector"])
     if lora_config is None:
         return model, None
-    from peft import get_peft_model
+    from recipes.common import get_peft_model
 
     model = get_peft_model(model, lora_config, autocast_adapter_dtype=model_args.lora_dtype == "float32")
     apply_vision_lora_dropout(model, model_args.vision_lora_dropout)
@@ -97,7 +97,7 @@ def save_stage1(trainer, processor, lora_config, output_dir: str) -> None:
     config = (base.get_base_model() if lora_config is not None else base).config
     fresh = SQLlavaForConditionalGeneration(config).to(dtype=next(iter(state_dict.values())).dtype)
     if lora_config is not None:
-        from peft import get_peft_model
+        from recipes.common import get_peft_model
 
         fresh = get_peft_model(fresh, lora_config, autocast_adapter_dtype=False)
     missing, unexpected = fresh.load_state_dict(state_dict, strict=False)
@@ -124,7 +124,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
     model, processor = build_stage1_model(model_args)
     model, lora_config = prepare_stage1_trainables(model, model_args)
 
-    trainer, result = train(model, processor, data_args, training_args)
+    trainer, result = train(model, processor, data_args, training_args, model_args=model_args)
     save_stage1(trainer, processor, lora_config, training_args.output_dir)
     if trainer.accelerator.is_main_process:
         write_run_reports(trainer, result, training_args.output_dir)
@@ -132,12 +132,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args) ->
 
 
 def parse_args(argv: list[str] | None = None):
-    from trl import TrlParser
-
+    from recipes.common import parse_recipe_args
     from recipes.trainer import SQLlavaSFTConfig
 
-    parser = TrlParser((ModelArguments, DataArguments, SQLlavaSFTConfig))
-    return parser.parse_args_and_config(argv)
+    return parse_recipe_args((ModelArguments, DataArguments, SQLlavaSFTConfig), argv, script="recipes/pretrain.py")
 
 
 if __name__ == "__main__":

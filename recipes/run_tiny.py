@@ -318,7 +318,7 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--workdir", default=".", help="where data/shapes and outputs/tiny are written")
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-eval", type=int, default=100)

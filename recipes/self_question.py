@@ -10,6 +10,9 @@ assistant role, the question kept as the vuser turn it was trained on).
 
 Batch mode turns a folder of images into a new instruction dataset: LLaVA JSON (loads with
 `recipes.data.load_llava_json`), or an HF dataset with `images` + `messages` columns saved to disk or pushed to the Hub.
+Each result is appended to a JSON Lines progress file as soon as it is made (`<output>.progress.jsonl`), so a killed
+run keeps everything done so far and the same command resumes it, skipping the images already done; an unreadable
+image is skipped and counted, not fatal; the dataset itself is written at the end, from the progress file.
 
 Command line:
 
@@ -34,7 +37,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -312,6 +315,105 @@ def list_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     return folder, [os.path.relpath(p, folder) for p in paths]
 
 
+def default_progress_path(output_json=None, output_dataset=None) -> str:
+    """Where batch mode streams its results: next to the first output (`data.json` -> `data.json.progress.jsonl`)."""
+    target = output_json if output_json is not None else output_dataset
+    if target is None:
+        return os.path.abspath("self_question.progress.jsonl")
+    return os.fspath(target).rstrip("/\\") + ".progress.jsonl"
+
+
+class ProgressFile:
+    """The JSON Lines file batch mode streams to: a header with the run's settings, then one line per image
+    (`{"index", "image", "result"}` or `{"index", "image", "skipped": reason, "error"}`), flushed and fsync'ed as
+    each image is done. Reopening it resumes: the images already done are known, a line cut short by a kill is
+    dropped, and settings that differ from the header's are refused (the file would mix two runs).
+
+    Args:
+        path: the file.
+        settings: what makes the results (model, number of questions, sampling, seed ...), JSON-able.
+    """
+
+    FORMAT = "sqllava-self-question-progress/1"
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any]):
+        self.path = os.fspath(path)
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.entries: dict[str, dict[str, Any]] = {}
+        if os.path.isfile(self.path):
+            self._load()
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._append({"format": self.FORMAT, "settings": self.settings})
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        good_end = 0
+        records = []
+        for line in lines:
+            if not line.strip():
+                good_end += len(line) + 1
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: it and anything after it are dropped
+            good_end += len(line) + 1
+        if good_end < len(data):
+            logger.warning("%s: dropping a last line cut short (the previous run was stopped mid-write).", self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(min(good_end, len(data)))
+        if not records or records[0].get("format") != self.FORMAT:
+            raise ValueError(
+                f"{self.path} is not a self-question progress file (no header line); move it away or pass another "
+                "--progress-file."
+            )
+        saved = records[0].get("settings", {})
+        differences = [
+            f"{key}: {saved.get(key)!r} in the file, {self.settings.get(key)!r} now"
+            for key in sorted(set(saved) | set(self.settings))
+            if saved.get(key) != self.settings.get(key)
+        ]
+        if differences:
+            raise ValueError(
+                f"{self.path} holds the results of a run with other settings ({'; '.join(differences)}). Resume with "
+                "the same settings, or delete the file (or pass another --progress-file) to start over."
+            )
+        for entry in records[1:]:
+            self.entries[entry["image"]] = entry
+        if self.entries:
+            logger.info("%s: resuming, %d images already done.", self.path, len(self.entries))
+
+    def _append(self, payload: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(payload, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def __contains__(self, image: str) -> bool:
+        return image in self.entries
+
+    def add(self, index: int, image: str, *, result: SelfQuestioningResult | None = None, skipped: str | None = None,
+            error: str | None = None) -> None:  # fmt: skip
+        entry: dict[str, Any] = {"index": index, "image": image}
+        if result is not None:
+            entry["result"] = asdict(result)
+        else:
+            entry.update(skipped=skipped, error=error)
+        self._append(entry)
+        self.entries[image] = entry
+
+    def results(self, images: Sequence[str]) -> Iterator[tuple[str, SelfQuestioningResult | None, dict]]:
+        """`(image, result or None when skipped, entry)` for each of `images` that is done, in that order."""
+        for image in images:
+            entry = self.entries.get(image)
+            if entry is not None:
+                result = SelfQuestioningResult(**entry["result"]) if "result" in entry else None
+                yield image, result, entry
+
+
 def generate_dataset(
     model,
     processor,
@@ -326,12 +428,18 @@ def generate_dataset(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
+    progress_file: str | os.PathLike | None = None,
+    model_id: str | None = None,
     **self_question_kwargs: Any,
 ) -> dict[str, Any]:
     """Runs `self_question` on every image and writes the results as a new instruction dataset.
 
     Image `i` (in sorted order) is seeded with `seed + i`, so a sample does not depend on which other images are in
-    the run. Records whose description came out empty are skipped (a training turn cannot be empty) and counted.
+    the run. Each result is appended to `progress_file` as it is made; a rerun with the same settings resumes,
+    skipping the images already there (a killed run loses at most the image in progress). Images that cannot be
+    read (or are over the size limits) are skipped and counted; records whose description came out empty are
+    skipped (a training turn cannot be empty) and counted. The outputs are written at the end, from the progress
+    file, in image order.
 
     Args:
         model, processor: the SQ-LLaVA model and its processor.
@@ -343,43 +451,72 @@ def generate_dataset(
         num_questions, answer, seed: see `self_question`.
         limit: use only the first `limit` images.
         progress: show a tqdm progress bar.
+        progress_file: the JSON Lines file results stream to (default: `default_progress_path`).
+        model_id: the model's name or path, recorded in the progress file's settings (a resume must use the same).
         self_question_kwargs: any other `self_question` argument (sampling settings, prompts).
 
     Returns:
         Statistics: `num_images`, `num_records`, `num_questions`, `num_answered`, `num_empty`, `num_duplicate`,
-        `num_empty_description`, `num_empty_answer`, and the output paths.
+        `num_empty_description`, `num_empty_answer`, `num_unreadable` (with `unreadable` examples), `num_resumed`,
+        and the output paths.
     """
     from tqdm.auto import tqdm
+
+    from recipes.data import load_image
 
     if output_json is None and output_dataset is None and push_to_hub is None:
         raise ValueError("Nothing to write: pass output_json, output_dataset and/or push_to_hub.")
     image_folder, relative_paths = list_images(images)
     if limit is not None:
         relative_paths = relative_paths[:limit]
-    records, stats = (
-        [],
-        {
-            "num_images": len(relative_paths),
-            "num_records": 0,
-            "num_questions": 0,
-            "num_answered": 0,
-            "num_empty": 0,
-            "num_duplicate": 0,
-            "num_empty_description": 0,
-            "num_empty_answer": 0,
-        },
-    )
+    settings = {
+        "model": model_id if model_id is not None else getattr(getattr(model, "config", None), "_name_or_path", None),
+        "image_folder": os.path.abspath(image_folder),
+        "num_questions": num_questions,
+        "answer": answer,
+        "seed": seed,
+        **{key: value for key, value in sorted(self_question_kwargs.items())},
+    }
+    progress_file = progress_file if progress_file is not None else default_progress_path(output_json, output_dataset)
+    done = ProgressFile(progress_file, settings)
+    num_resumed = sum(1 for relative in relative_paths if relative in done)
     for index, relative in enumerate(tqdm(relative_paths, desc="self-question", unit="img", disable=not progress)):
+        if relative in done:
+            continue
+        path = os.path.join(image_folder, relative)
+        try:
+            image = load_image(path)
+        except ValueError as error:  # corrupt, truncated, not an image, over the size limits: skipped and counted
+            logger.warning("Skipping image %s: %s", relative, error)
+            done.add(index, relative, skipped="unreadable_image", error=str(error))
+            continue
         result = self_question(
-            model,
-            processor,
-            os.path.join(image_folder, relative),
-            num_questions=num_questions,
-            answer=answer,
-            seed=seed + index,
+            model, processor, image, num_questions=num_questions, answer=answer, seed=seed + index,
             **self_question_kwargs,
-        )
+        )  # fmt: skip
         result.image = relative
+        done.add(index, relative, result=result)
+
+    stats: dict[str, Any] = {
+        "num_images": len(relative_paths),
+        "num_records": 0,
+        "num_questions": 0,
+        "num_answered": 0,
+        "num_empty": 0,
+        "num_duplicate": 0,
+        "num_empty_description": 0,
+        "num_empty_answer": 0,
+        "num_unreadable": 0,
+        "num_resumed": num_resumed,
+        "progress_file": done.path,
+    }
+    records = []
+    unreadable = []
+    for relative, result, entry in done.results(relative_paths):
+        if result is None:
+            stats["num_unreadable"] += 1
+            unreadable.append(f"{relative}: {entry.get('error')}")
+            continue
         stats["num_empty"] += result.num_empty
         stats["num_duplicate"] += result.num_duplicate
         stats["num_questions"] += len(result.questions)
@@ -391,14 +528,18 @@ def generate_dataset(
             continue
         records.append((os.path.splitext(relative)[0].replace(os.sep, "/"), result))
     stats["num_records"] = len(records)
+    if unreadable:
+        stats["unreadable"] = unreadable[:20]
+        logger.warning("Skipped %d unreadable images, e.g. %s", len(unreadable), unreadable[0])
     if stats["num_empty_description"]:
         logger.warning("Skipped %d images whose description was empty.", stats["num_empty_description"])
 
     if output_json is not None:
+        from recipes.checkpoints import write_json_durably
+
         output_json = os.fspath(output_json)
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
-        with open(output_json, "w", encoding="utf-8") as f:
-            json.dump([result.to_llava(sample_id) for sample_id, result in records], f, indent=2, ensure_ascii=False)
+        write_json_durably(output_json, [result.to_llava(sample_id) for sample_id, result in records])
         stats["output_json"] = output_json
         stats["image_folder"] = image_folder
     if output_dataset is not None or push_to_hub is not None:
@@ -447,7 +588,7 @@ def to_hf_dataset(records: Sequence[tuple[str, SelfQuestioningResult]], image_fo
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--model", required=True, help="Hub id or folder of the model (and its processor).")
     parser.add_argument("--images", required=True, help="An image file or a folder of images (searched recursively).")
@@ -456,6 +597,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="Write a LLaVA JSON dataset here.")
     parser.add_argument("--output-dataset", default=None, help="Write an HF dataset (save_to_disk) to this folder.")
     parser.add_argument("--push-to-hub", default=None, help="Push the HF dataset to this Hub repo id.")
+    parser.add_argument(
+        "--progress-file",
+        default=None,
+        help="JSON Lines file each result is appended to as it is made; rerunning resumes from it "
+        "(default: <output>.progress.jsonl).",
+    )
     parser.add_argument("--public", action="store_true", help="Create the pushed dataset repo public.")
     parser.add_argument("--describe-prompt", default=DESCRIBE_PROMPT)
     parser.add_argument("--system-prompt", default=None, help="Replace the chat template's default system prompts.")
@@ -508,16 +655,25 @@ def main(argv: Sequence[str] | None = None) -> Any:
             push_to_hub=args.push_to_hub,
             private=not args.public,
             limit=args.limit,
+            progress_file=args.progress_file,
+            model_id=args.model,
             **kwargs,
         )
         print(json.dumps(stats, indent=2))
         return stats
+    from recipes.data import load_image
+
     image_folder, relative_paths = list_images(args.images)
     results = []
     for index, relative in enumerate(relative_paths[: args.limit]):
-        result = self_question(
-            model, processor, os.path.join(image_folder, relative), **{**kwargs, "seed": args.seed + index}
-        )
+        path = os.path.join(image_folder, relative)
+        try:
+            image = load_image(path)
+        except ValueError as error:  # one unreadable image among many: skipped, the others still answered
+            logger.warning("Skipping image %s: %s", relative, error)
+            continue
+        result = self_question(model, processor, image, **{**kwargs, "seed": args.seed + index})
+        result.image = path
         results.append(asdict(result))
         print(json.dumps(asdict(result), ensure_ascii=False), flush=True)
     return results

@@ -629,7 +629,9 @@ _KNOWN_WORDS: frozenset[str] = frozenset(w for s in corpus_sentences() for w in 
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description="Generate the synthetic shapes dataset (LLaVA JSON + images).")
+    parser = argparse.ArgumentParser(
+        description="Generate the synthetic shapes dataset (LLaVA JSON + images).", allow_abbrev=False
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-eval", type=int, default=200)

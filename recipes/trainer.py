@@ -4,7 +4,8 @@
 - `SQLlavaTrainer`: builds the [`~recipes.collator.SelfQuestioningCollator`], re-draws the vuser turns every epoch,
   logs `loss_answer` / `loss_question` / `question_token_fraction`, uses one learning rate per component (LLM,
   projector, vision tower) and audits, at the first optimizer step, that every trainable parameter received a
-  gradient.
+  gradient. It keeps one skip report for the whole run (`recipes/skip_report.py`) and writes checkpoints that are
+  complete or absent, with the run fingerprint a resume must match (`recipes/checkpoints.py`).
 
 The collator itself is in `recipes/collator.py`, which imports no TRL.
 
@@ -31,8 +32,12 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from processing.processing_sqllava import MAX_IMAGE_ASPECT_RATIO, MAX_IMAGE_PIXELS
 from recipes.collator import IGNORE_INDEX, MODES, SelfQuestioningCollator
 from recipes.data import SkipStats
+from recipes.skip_report import RunSkipReport, SkipReportCallback
+
+_TRAINING_ARGUMENT_FIELDS = set(SFTConfig.__dataclass_fields__)
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +165,14 @@ class SQLlavaSFTConfig(SFTConfig):
         strict_data (`bool`, defaults to `False`): raise on the first sample the collator would drop.
         audit_trainable (`str`, defaults to `"error"`): what to do when a trainable parameter receives no gradient
             at the first optimizer step: `"error"`, `"warn"` or `"off"`.
+        max_skip_fraction (`float`, defaults to 0.01): the run fails when it drops more than this share of its
+            samples (at load and at collate time, all workers and ranks); `1.0` never fails.
+        allow_resume_changes (`bool`, defaults to `False`): resume from a checkpoint whose run fingerprint
+            (configuration, data files, model) differs from this run's; the differences are logged.
+        max_image_pixels, max_image_aspect_ratio: image size limits; a larger image is dropped (`image_size_limit`)
+            before it is decoded.
+        activation_checkpointing (`bool`, *optional*): transformers 5's name of `gradient_checkpointing` (the
+            recipes' YAML key), accepted on transformers 4.57 too; unset, TRL's default (on) applies.
     """
 
     sq_ratio: float = field(
@@ -190,6 +203,38 @@ class SQLlavaSFTConfig(SFTConfig):
             "choices": ["error", "warn", "off"],
         },
     )
+    max_skip_fraction: float = field(
+        default=0.01,
+        metadata={"help": "Fail when the run drops more than this share of its samples (1.0: never fail)."},
+    )
+    allow_resume_changes: bool = field(
+        default=False,
+        metadata={"help": "Resume even if the configuration, data files or model differ from the checkpoint's run."},
+    )
+    max_image_pixels: int | None = field(
+        default=MAX_IMAGE_PIXELS, metadata={"help": "Drop images with more pixels (checked before decoding)."}
+    )
+    max_image_aspect_ratio: float | None = field(
+        default=MAX_IMAGE_ASPECT_RATIO, metadata={"help": "Drop images more elongated than this (e.g. 100 for 100:1)."}
+    )
+    # TRL's `gradient_checkpointing=True` default would make transformers 5 warn on every run that the name is
+    # deprecated: unset here, resolved in `__post_init__` under whichever name the installed transformers uses.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Alias of activation_checkpointing (the name before transformers 5).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    if "activation_checkpointing" not in _TRAINING_ARGUMENT_FIELDS:  # transformers 4.57: give it the new name too
+        activation_checkpointing: bool | None = field(
+            default=None,
+            metadata={"help": "Recompute activations in the backward pass to save memory.", "nargs": "?", "const": True},
+        )
+        activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
+            default=None, metadata={"help": "Keyword arguments of activation checkpointing."}
+        )
     # VLM defaults.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the `images` / `messages` columns the collator needs."}
@@ -204,6 +249,7 @@ class SQLlavaSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        self._resolve_activation_checkpointing()
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
@@ -252,11 +298,37 @@ class SQLlavaSFTConfig(SFTConfig):
                 f"label_smoothing_factor={self.label_smoothing_factor}. Use loss_type='nll' and "
                 "label_smoothing_factor=0."
             )
+        if not (math.isfinite(self.max_skip_fraction) and 0.0 <= self.max_skip_fraction <= 1.0):
+            raise ValueError(
+                f"`max_skip_fraction` must be in [0, 1], got {self.max_skip_fraction}; 0.01 fails a run that drops "
+                "more than 1% of its samples, 1.0 never fails."
+            )
         if self.dataloader_persistent_workers and self.dataloader_num_workers > 0 and 0.0 < self.sq_ratio < 1.0:
             raise ValueError(
                 "`dataloader_persistent_workers=True` keeps the epoch-0 collator in every worker, so the vuser "
                 "turns would never be re-drawn. Set `dataloader_persistent_workers=False`."
             )
+
+    def _resolve_activation_checkpointing(self):
+        """One switch under two names: `gradient_checkpointing` (transformers 4.x, deprecated in 5) and
+        `activation_checkpointing` (transformers 5). Whichever was given is moved to the name the installed
+        transformers reads, so no deprecation warning fires; with neither, TRL's default (on) applies."""
+        new, old = self.activation_checkpointing, self.gradient_checkpointing
+        new_kwargs = self.activation_checkpointing_kwargs
+        old_kwargs = self.gradient_checkpointing_kwargs
+        if new is not None and old is not None and bool(new) != bool(old):
+            raise ValueError(
+                f"activation_checkpointing={new} and gradient_checkpointing={old} are one switch; set only "
+                "activation_checkpointing."
+            )
+        enabled = new if new is not None else (old if old is not None else True)
+        kwargs = new_kwargs if new_kwargs is not None else old_kwargs
+        if "activation_checkpointing" in _TRAINING_ARGUMENT_FIELDS:
+            self.activation_checkpointing, self.activation_checkpointing_kwargs = enabled, kwargs
+            self.gradient_checkpointing, self.gradient_checkpointing_kwargs = None, None
+        else:
+            self.gradient_checkpointing, self.gradient_checkpointing_kwargs = enabled, kwargs
+            self.activation_checkpointing, self.activation_checkpointing_kwargs = enabled, kwargs
 
 
 class _CollatorEpochCallback(TrainerCallback):
@@ -268,15 +340,6 @@ class _CollatorEpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         # `state.epoch` is the integer epoch at an epoch start, and its floor on resume mid-epoch.
         self.collator.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-9)))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        stats = getattr(self.collator, "stats", None)
-        if stats is None or not stats:  # SkipStats is falsy when nothing was skipped
-            return
-        stats.log()
-        suffix = f".rank{args.process_index}" if args.world_size > 1 else ""
-        os.makedirs(args.output_dir, exist_ok=True)
-        stats.write_json(os.path.join(args.output_dir, f"skipped_samples{suffix}.json"))
 
 
 class _TrainabilityAuditCallback(TrainerCallback):
@@ -344,8 +407,18 @@ class SQLlavaTrainer(SFTTrainer):
     - `create_optimizer`: groups for the LLM (`learning_rate`), `multi_modal_projector` (`projector_lr`) and
       `vision_tower` (`vision_lr`), weight decay where `get_decay_parameter_names` says, empty groups omitted.
     - Trainability audit at the first optimizer step (`args.audit_trainable`).
+    - One skip report for the run (`skip_report`, `<output_dir>/skipped_samples.json`), the run failing above
+      `args.max_skip_fraction` or on a step without any labelled token (`recipes/skip_report.py`).
+    - Checkpoints renamed into place once complete, `resume_from_checkpoint=True`/`"latest"` taking the newest
+      complete one, and a run fingerprint that a resumed run must match unless `args.allow_resume_changes`
+      (`recipes/checkpoints.py`).
 
-    Args: as `trl.SFTTrainer`; `args` must be a `SQLlavaSFTConfig` (or None for its defaults).
+    Args: as `trl.SFTTrainer`; `args` must be a `SQLlavaSFTConfig` (or None for its defaults), plus
+        skip_stats (`SkipStats`, *optional*): the load-time counts of the training data (`recipes.data`), the first
+            part of the run's skip report; the complete report is merged into it at the end of training.
+        group_by_modality_length (`bool`): LLaVA's length-grouped sampler.
+        run_fingerprint (`dict`, *optional*): what the run trains (`recipes.checkpoints.run_fingerprint`), stored
+            with each checkpoint; defaults to the fingerprint of `args` alone.
     """
 
     _tag_names = ["trl", "sft", "sqllava"]
@@ -361,6 +434,7 @@ class SQLlavaTrainer(SFTTrainer):
         callbacks=None,
         skip_stats=None,
         group_by_modality_length: bool = False,
+        run_fingerprint: dict | None = None,
         **kwargs,
     ):
         if args is None:
@@ -389,15 +463,20 @@ class SQLlavaTrainer(SFTTrainer):
                 mode=args.stage,
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 strict=args.strict_data,
-                stats=skip_stats,
                 return_sample_ids=args.log_sample_ids,
+                report_skips=True,
+                max_image_pixels=args.max_image_pixels,
+                max_image_aspect_ratio=args.max_image_aspect_ratio,
             )
-        elif skip_stats is not None and hasattr(data_collator, "stats"):
-            data_collator.stats = skip_stats
-        # Load-time and collate-time skips end up in one `SkipStats` (the collator's), reported at the end.
-        self.skip_stats = getattr(data_collator, "stats", None)
-        if self.skip_stats is None:
-            self.skip_stats = skip_stats if skip_stats is not None else SkipStats()
+        # Load-time skips (the same on every rank) and collate-time skips (reported in each batch, so the counts of
+        # dataloader workers are not lost) make one report; `skip_stats` receives the complete one at the end.
+        self.skip_stats = skip_stats if skip_stats is not None else SkipStats()
+        self.skip_report = RunSkipReport(self.skip_stats, args.max_skip_fraction)
+        self.final_skip_report: dict | None = None
+        self._sq_micro_tokens = torch.zeros((), dtype=torch.long)
+        self._sq_step_tokens: list = []
+        self.run_fingerprint = run_fingerprint
+        self._sq_staging_dir: str | None = None
         self.group_by_modality_length = group_by_modality_length
         # TRL accepts only `datasets` datasets, but `recipes.data` yields lazy torch datasets of canonical
         # records (no tokenization to prepare, images opened at collate time). TRL only inspects the first
@@ -426,6 +505,9 @@ class SQLlavaTrainer(SFTTrainer):
         # Our `compute_loss` always normalises by `num_items_in_batch` when given, whatever the model's forward
         # signature says, so let Trainer count it and leave the loss unscaled for gradient accumulation.
         self.model_accepts_loss_kwargs = True
+        # The skip report first: a step on no labelled token is reported as such, before the audit would blame
+        # the parameters for the gradients it did not get.
+        self.add_callback(SkipReportCallback(self))
         self.add_callback(_TrainabilityAuditCallback(self))
         # Local sums since the last log: [answer CE, answer tokens, question CE, question tokens].
         self._sq_sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
@@ -455,8 +537,24 @@ class SQLlavaTrainer(SFTTrainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`, where `resume_from_checkpoint=True` / `"latest"` means the newest *complete* checkpoint
+        (skipped ones are logged with the reason), and a checkpoint whose run fingerprint differs from this run's
+        is refused, with the differences, unless `args.allow_resume_changes`."""
+        from recipes.checkpoints import SKIPS_NAME, read_fingerprint, resolve_resume_checkpoint
+
+        resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if resume is not None:
+            self._check_resume_fingerprint(resume, read_fingerprint(resume))
+            skips = os.path.join(resume, SKIPS_NAME)
+            if os.path.isfile(skips):
+                import json
+
+                with open(skips, encoding="utf-8") as f:
+                    self.skip_report.restore(json.load(f))
+        result = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        if self.final_skip_report is not None:
+            self.skip_stats.merge(SkipStats.from_dict(self.final_skip_report["collate"]))
         if self.args.log_sample_ids:
             import json
 
@@ -465,6 +563,112 @@ class SQLlavaTrainer(SFTTrainer):
             with open(path, "w") as f:
                 json.dump(self._sq_sample_ids, f)
         return result
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        # The collator's report of what it dropped travels with the batch (out of dataloader workers) to here.
+        report = inputs.pop("skip_report", None)
+        if report is not None:
+            self.skip_report.add_batch(report)
+        labels = inputs.get("labels")
+        if labels is not None:
+            # Labelled tokens of the step, kept on the device: checked for zero at the first step and each log.
+            self._sq_micro_tokens = self._sq_micro_tokens.to(labels.device) + (labels[:, 1:] != IGNORE_INDEX).sum()
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    # ---- checkpoints ----
+
+    def current_fingerprint(self) -> dict:
+        from recipes.checkpoints import run_fingerprint
+
+        if self.run_fingerprint is not None:
+            return self.run_fingerprint
+        return run_fingerprint(self.args, world_size=self.args.world_size)
+
+    def _check_resume_fingerprint(self, checkpoint: str, saved: dict | None) -> None:
+        from recipes.checkpoints import fingerprint_differences
+
+        if saved is None:
+            logger.warning("%s stores no run fingerprint: resuming without checking that the run is the same.", checkpoint)
+            return
+        differences = fingerprint_differences(saved, self.current_fingerprint())
+        if not differences:
+            return
+        listed = "\n".join(f"  - {d}" for d in differences)
+        note = (
+            "The checkpoint's optimizer and learning-rate schedule are restored as saved: a changed learning rate "
+            "or schedule does not take effect."
+        )
+        if not self.args.allow_resume_changes:
+            raise ValueError(
+                f"Resuming from {checkpoint} with a different run:\n{listed}\nResume with the checkpoint's settings "
+                f"and data, start a new output_dir, or pass --allow_resume_changes to resume anyway. {note}"
+            )
+        logger.warning("Resuming from %s with a different run (allow_resume_changes):\n%s\n%s", checkpoint, listed, note)
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is saved, Trainer writes it under the staging folder (see `_save_checkpoint`).
+        return self._sq_staging_dir if self._sq_staging_dir is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Save `checkpoint-N` atomically: every rank writes into `.partial-checkpoint-N/checkpoint-N`, the main
+        process adds the manifest (files and sizes, run fingerprint) and the run's skip counts so far, and renames
+        the folder into place; older checkpoints are rotated out only after that. A job killed at any moment leaves
+        either the complete checkpoint or none (plus a `.partial-*` folder that resuming ignores, with a log line)."""
+        import shutil
+
+        from recipes.checkpoints import (
+            SKIPS_NAME,
+            STAGING_PREFIX,
+            fsync_directory,
+            rotate_checkpoints,
+            write_json_durably,
+            write_manifest,
+        )
+        from recipes.skip_report import report_dict
+
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        final = os.path.join(run_dir, name)
+        staging = os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # a save of this step that was killed earlier
+            os.makedirs(staging, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        # Trainer's own rotation and Hub push would act on the staging folder: both run after the rename instead.
+        limit, push = self.args.save_total_limit, self.args.push_to_hub
+        self.args.save_total_limit, self.args.push_to_hub = None, False
+        self._sq_staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._sq_staging_dir = None
+            self.args.save_total_limit, self.args.push_to_hub = limit, push
+        written = os.path.join(staging, name)
+        collate = self.skip_report.gather_collate(self.accelerator)  # a collective: before the main-only part
+        self.accelerator.wait_for_everyone()  # every rank's files (shards, RNG states) are written
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best is not None and os.path.normpath(best).startswith(os.path.normpath(staging)):
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(written, "trainer_state.json"))
+            write_json_durably(
+                os.path.join(written, SKIPS_NAME), report_dict(self.skip_stats, collate, self.args.max_skip_fraction)
+            )
+            write_manifest(
+                written,
+                fingerprint=self.current_fingerprint(),
+                world_size=self.args.world_size,
+                save_only_model=bool(self.args.save_only_model),
+            )
+            if os.path.isdir(final):  # the same step saved again (e.g. after resuming from it): replace it
+                os.replace(final, os.path.join(staging, "replaced"))
+            os.replace(written, final)
+            shutil.rmtree(staging)
+            fsync_directory(run_dir)
+            rotate_checkpoints(run_dir, limit, keep=(self.state.best_model_checkpoint,))
+        self.accelerator.wait_for_everyone()
+        if push:
+            self._push_from_checkpoint(final)
 
     # ---- loss ----
 
@@ -487,7 +691,7 @@ class SQLlavaTrainer(SFTTrainer):
         question_mask = inputs.get("question_mask")
         if "sample_ids" in inputs and mode == "train":
             self._sq_sample_ids.extend(inputs["sample_ids"])
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids", "skip_report")}
         model_inputs["use_cache"] = False
         if model_inputs.get("pixel_values") is not None:
             self._sq_step_saw_images = True

@@ -403,3 +403,58 @@ def test_llama_vocab_sq_ratio_zero_equals_llava_v15_labels(llama_processor, turn
     ref_ids, ref_labels = expand_image(ids, labels, -200, image_id, llama_processor.image_seq_length)
     assert batch["input_ids"][0].tolist() == ref_ids
     assert batch["labels"][0].tolist() == ref_labels
+
+
+# ---- stage 1, size limits, the in-batch skip report ----
+
+
+def test_pretrain_drops_and_counts_multi_turn_records_instead_of_joining_their_answers(processor):
+    """LLaVA's plain format is one caption per image: a multi-turn record in stage 1 would train its answers joined
+    together (and lose the later questions), so it is dropped and counted, never trained on silently."""
+    caption = make_record(0, turns=CONVERSATION[:1], sample_id="caption")
+    multi = make_record(1, turns=CONVERSATION[:3], sample_id="multi")
+    collator, batch = collate(processor, [caption, multi], mode="pretrain")
+    assert dict(collator.stats.counts) == {"multi_turn_in_pretrain": 1}
+    assert collator.stats.examples["multi_turn_in_pretrain"] == ["multi"]
+    assert batch["input_ids"].shape[0] == 1
+    labelled = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert processor.tokenizer.decode(labelled) == "A red circle.\n"
+    # Stage 2 trains the same record in full.
+    _, batch = collate(processor, [multi], mode="finetune")
+    assert batch["input_ids"].shape[0] == 1
+
+
+def test_batch_carries_its_skip_report_for_workers_and_ranks(processor, tmp_path):
+    """With `report_skips`, what the collator dropped travels in the batch (out of dataloader workers)."""
+    records = [make_record(0, sample_id="ok"), make_record(1, sample_id="gone", images=[str(tmp_path / "x.png")])]
+    _, batch = collate(processor, records, report_skips=True)
+    report = batch["skip_report"]
+    assert report["seen"] == 2 and [(r, i) for r, i, _ in report["skipped"]] == [(SKIP_UNREADABLE_IMAGE, "gone")]
+    assert "x.png" in report["skipped"][0][2]
+    _, empty = collate(processor, records[1:], report_skips=True)  # a batch whose every sample was dropped
+    assert empty["skip_report"]["seen"] == 1 and len(empty["skip_report"]["skipped"]) == 1
+
+
+def test_images_over_the_size_limits_are_dropped_under_their_own_reason(processor, tmp_path):
+    banner = tmp_path / "banner.png"
+    Image.new("RGB", (4000, 8)).save(banner)
+    records = [make_record(0, sample_id="banner", images=[str(banner)]), make_record(1)]
+    collator, batch = collate(processor, records)
+    assert dict(collator.stats.counts) == {"image_size_limit": 1} and batch["input_ids"].shape[0] == 1
+    collator, batch = collate(processor, records, max_image_aspect_ratio=None)
+    assert collator.stats.total == 0 and batch["pixel_values"].shape[0] == 2
+
+
+def test_strict_errors_tell_a_command_line_user_the_flag(processor, tmp_path):
+    with pytest.raises(ValueError, match=r"'gone': unreadable_image .*`--strict_data false` on the command line"):
+        collate(processor, [make_record(0, sample_id="gone", images=[str(tmp_path / "x.png")])], strict=True)
+
+
+def test_training_pixels_equal_inference_pixels_for_a_transparent_image(processor, tmp_path):
+    """The collator (training) and the processor called on the file (inference) decode and preprocess alike."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rng.integers(0, 256, (30, 50, 4), dtype=np.uint8), "RGBA").save(path)
+    _, batch = collate(processor, [make_record(0, images=[str(path)])])
+    inference = processor(images=str(path), text="<image>\nWhat is it?", return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"], inference)

@@ -6,10 +6,12 @@ import json
 import logging
 import pickle
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -114,7 +116,8 @@ def test_all_bad_kinds_together_and_report(tmp_path, image_folder, caplog):
         ds = load_llava_json(path, image_folder, stats=stats)
     assert len(ds) == 1
     assert stats.as_dict()["counts"] == dict(Counter(EXPECTED_REASON.values()))
-    assert f"skipped {len(BAD_RECORDS)} samples" in caplog.text and "image_token_mismatch" in caplog.text
+    assert f"skipped {len(BAD_RECORDS)} of {len(BAD_RECORDS) + 1} samples" in caplog.text
+    assert "image_token_mismatch" in caplog.text
     out = tmp_path / "out" / "skipped.json"
     stats.write_json(out)
     assert json.loads(out.read_text()) == stats.as_dict()
@@ -217,12 +220,19 @@ def test_skip_stats_merge_pickle_examples():
     b.add("missing_image", "b0")
     b.add("empty_text", "b1")
     merged = pickle.loads(pickle.dumps(a + b))
+    a.seen, b.seen = 10, 4
+    b.add("empty_text", "b2", detail="turn 1 is empty")
+    merged = pickle.loads(pickle.dumps(a + b))
     assert merged.as_dict() == {
-        "total": 5,
-        "counts": {"empty_text": 1, "missing_image": 4},
-        "examples": {"empty_text": ["b1"], "missing_image": ["a0", "a1"]},
+        "total": 6,
+        "seen": 14,
+        "counts": {"empty_text": 2, "missing_image": 4},
+        "examples": {"empty_text": ["b1", "b2"], "missing_image": ["a0", "a1"]},
+        "details": {"empty_text": "b2: turn 1 is empty"},
     }
-    assert a.total == 3  # `+` leaves its operands alone
+    assert merged.fraction == pytest.approx(6 / 14)
+    assert SkipStats.from_dict(merged.as_dict(), max_examples=2) == merged
+    assert a.total == 3 and a.seen == 10  # `+` leaves its operands alone
     a.merge(b)
     assert a == merged
     with pytest.raises(TypeError):
@@ -417,14 +427,18 @@ def test_mixture_validation(kwargs, match):
 
 
 def test_load_image_mode_conversions(tmp_path):
-    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red: white after compositing
+    # One rule for training and inference, LLaVA's `.convert("RGB")`: the colour under the alpha channel is kept.
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red: still red, not white
     rgba.putpixel((1, 1), (0, 0, 255, 255))
-    assert load_image(_png(tmp_path / "rgba.png", mode="RGBA", color=(0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(_png(tmp_path / "rgba.png", mode="RGBA", color=(9, 8, 7, 0))).getpixel((0, 0)) == (9, 8, 7)
     converted = load_image(rgba)
-    assert converted.mode == "RGB" and converted.getpixel((0, 0)) == (255, 255, 255)
+    assert converted.mode == "RGB" and converted.getpixel((0, 0)) == (255, 0, 0)
     assert converted.getpixel((1, 1)) == (0, 0, 255)
-    half = load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 128)))  # 50% black over white
-    assert all(abs(c - 127) <= 1 for c in half.getpixel((0, 0)))
+    assert load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 128))).getpixel((0, 0)) == (0, 0, 0)
+    assert load_image(Image.new("LA", (2, 2), (77, 0))).getpixel((0, 0)) == (77, 77, 77)
+    sixteen = Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))  # 16-bit white, rescaled rather than clipped
+    assert sixteen.mode.startswith("I") and load_image(sixteen).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(Image.fromarray(np.full((2, 2), 257 * 40, dtype=np.uint16))).getpixel((0, 0)) == (40, 40, 40)
     assert load_image(_png(tmp_path / "l.png", mode="L", color=77)).getpixel((0, 0)) == (77, 77, 77)
     p = Image.new("P", (2, 2))
     p.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
@@ -449,7 +463,7 @@ def test_load_image_errors_name_the_path(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.png"):
         load_image(str(truncated))
-    with pytest.raises(ValueError, match="not found.*missing.png"):
+    with pytest.raises(ValueError, match="missing.png.* not found"):
         load_image(tmp_path / "missing.png")
     with pytest.raises(TypeError, match="path_or_image"):
         load_image(42)
@@ -530,3 +544,101 @@ def test_sampler_with_dataset_lengths_and_validation(tmp_path, image_folder):
         get_modality_length_grouped_indices([3, 0, -2], 1, 1, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="batch_size"):
         ModalityLengthGroupedSampler([1], batch_size=0)
+
+
+def test_training_and_inference_decode_images_with_one_function(tmp_path):
+    """`recipes.data.load_image` (training) and the processor's `load_image_rgb` (inference) give the same pixels for
+    every transparency kind: alpha dropped, as LLaVA's `.convert("RGB")`."""
+    from processing.processing_sqllava import load_image_rgb
+
+    rng = np.random.default_rng(0)
+    images = {
+        "rgba": Image.fromarray(rng.integers(0, 256, (9, 7, 4), dtype=np.uint8), "RGBA"),
+        "la": Image.fromarray(rng.integers(0, 256, (9, 7, 2), dtype=np.uint8), "LA"),
+        "p": Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).quantize(8),
+    }
+    images["p"].info["transparency"] = 0
+    for name, image in images.items():
+        path = tmp_path / f"{name}.png"
+        image.save(path)
+        training = np.asarray(load_image(path))
+        assert np.array_equal(training, np.asarray(load_image_rgb(str(path)))), name
+        assert np.array_equal(training, np.asarray(Image.open(path).convert("RGB"))), name
+
+
+def test_image_limits_are_checked_before_decoding(tmp_path, image_folder):
+    from processing.processing_sqllava import ImageLimitError
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (4000, 4), (1, 2, 3)).save(wide)
+    with pytest.raises(ImageLimitError, match=r"wide.png.*4000x4.*aspect ratio of 1000:1"):
+        load_image(wide)
+    with pytest.raises(ImageLimitError, match=r"16,000 pixels, over the limit of 100"):
+        load_image(wide, max_pixels=100, max_aspect_ratio=None)
+    assert load_image(wide, max_aspect_ratio=None).size == (4000, 4)
+    # With verify_images the loader refuses it too, under its own reason.
+    Image.new("RGB", (4000, 4)).save(image_folder / "banner.png")
+    path = _write(tmp_path, [GOOD, GOOD | {"id": "banner", "image": "banner.png"}])
+    stats = SkipStats()
+    assert len(load_llava_json(path, image_folder, stats=stats, verify_images=True)) == 1
+    assert stats.as_dict()["counts"] == {"image_size_limit": 1}
+
+
+def test_image_paths_are_confined_to_the_image_folder(tmp_path, image_folder):
+    outside = _png(tmp_path / "secret.png")
+    records = [
+        GOOD,
+        GOOD | {"id": "dotdot", "image": "../secret.png"},
+        GOOD | {"id": "absolute", "image": outside},
+        GOOD | {"id": "inside_absolute", "image": str(image_folder / "b.png")},
+        GOOD | {"id": "normalised", "image": "./a.png"},
+    ]
+    path = _write(tmp_path, records)
+    stats = SkipStats()
+    ds = load_llava_json(path, image_folder, stats=stats)
+    assert [ds[i]["id"] for i in range(len(ds))] == ["good", "inside_absolute", "normalised"]
+    assert stats.as_dict()["counts"] == {"image_outside_folder": 2}
+    assert stats.as_dict()["examples"] == {"image_outside_folder": ["dotdot", "absolute"]}
+    with pytest.raises(BadRecordError, match=r"dotdot.*image_outside_folder.*'\.\./secret.png' leaves the image"):
+        load_llava_json(path, image_folder, strict=True)
+    allowed = load_llava_json(path, image_folder, allow_outside_image_folder=True)
+    assert len(allowed) == 5 and allowed[2]["images"] == [outside]
+
+
+@pytest.mark.parametrize(
+    "content, name, match",
+    [
+        ("", "empty.json", r"empty.json' is empty \(0 bytes\)"),
+        ("  \n\n", "blank.jsonl", r"blank.jsonl' is empty"),
+        ("[]", "nothing.json", r"nothing.json' holds an empty list"),
+        (json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n", "lines.json", r"lines.json' holds JSON Lines.*\.jsonl"),
+        ('[{"id": "a",', "cut.json", r"cut.json' is not valid JSON: .* line 1, column"),
+    ],
+)
+def test_unreadable_data_files_name_the_file(tmp_path, image_folder, content, name, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_llava_json(path, image_folder)
+
+
+@pytest.mark.parametrize(
+    "conversations, detail",
+    [
+        ([{"from": "human", "value": 42}, {"from": "gpt", "value": "A."}], r"turn 0 text .* is an int \(42\)"),
+        ([{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": None}], r"turn 1 text .* a NoneType"),
+        ([{"from": 1, "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}], r"turn 0 'from' is an int \(1\)"),
+        ([{"from": "human"}, {"from": "gpt", "value": "A."}], r"turn 0 has no 'value' / 'content' field"),
+        ("<image>\nQ? A.", r"conversation is a str \('<image>\\nQ\? A\.'\), not a list of turns"),
+    ],
+)
+def test_non_string_fields_are_skipped_with_the_field_named(tmp_path, image_folder, conversations, detail):
+    path = _write(tmp_path, [GOOD, {"id": "typed", "image": "a.png", "conversations": conversations}])
+    stats = SkipStats()
+    assert len(load_llava_json(path, image_folder, stats=stats)) == 1
+    assert stats.as_dict()["counts"] == {"malformed_record": 1}
+    assert re.search(detail, stats.details["malformed_record"])
+    # Strict mode names the file, the record and its position, and tells a command-line user the flag.
+    with pytest.raises(BadRecordError, match=r"id='typed' \(position 1 in .*data.json\): malformed_record") as info:
+        load_llava_json(path, image_folder, strict=True)
+    assert re.search(detail, str(info.value)) and "--strict_data false" in str(info.value)

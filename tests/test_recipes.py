@@ -110,6 +110,65 @@ def test_unknown_yaml_key_is_rejected(tmp_path):
         finetune.parse_args(["--config", str(bad)])
 
 
+def test_abbreviated_flags_are_errors_not_other_flags():
+    """`--learning_rat 1e-3` was silently taken as `--learning_rate` (argparse's prefix matching)."""
+    from recipes import finetune, pretrain
+
+    tiny = str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml")
+    for script, config in ((finetune, tiny), (pretrain, tiny.replace("finetune", "pretrain"))):
+        with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--learning_rat', '1e-3'\]"):
+            script.parse_args(["--config", config, "--learning_rat", "1e-3"])
+    _, _, training_args, _ = finetune.parse_args(["--config", tiny, "--learning_rate", "1e-3"])
+    assert training_args.learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_a_bare_launch_points_at_the_recipe_configs(script):
+    import importlib
+
+    module = importlib.import_module(f"recipes.{script}")
+    with pytest.raises(SystemExit, match=rf"--config recipes/configs/sqllava-7b/{script}.yaml"):
+        module.parse_args([])
+    with pytest.raises(ValueError, match=r"No training data: pass a recipe with --config"):
+        module.parse_args(["--learning_rate", "1e-3"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: os.path.relpath(p, REPO_ROOT / "recipes" / "configs"))
+def test_recipe_yamls_parse_without_deprecation_warnings(config, recwarn):
+    """transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing` and warned on every run (TRL's
+    default and the YAMLs set the old name); the recipes say it once, in the name of the installed version."""
+    import warnings
+
+    from recipes import finetune, pretrain
+
+    script = pretrain if os.path.basename(config) == "pretrain.yaml" else finetune
+    with open(config) as f:
+        raw = yaml.safe_load(f)
+    cpu = ["--bf16", "false", "--tf32", "false"] if raw.get("bf16") else []
+    warnings.simplefilter("always")
+    _, _, training_args, *_ = script.parse_args(["--config", config, *cpu])
+    deprecations = [str(w.message) for w in recwarn if "checkpointing" in str(w.message)]
+    assert not deprecations, deprecations
+    assert training_args.gradient_checkpointing == raw["activation_checkpointing"]
+    assert training_args.activation_checkpointing == raw["activation_checkpointing"]
+    if "activation_checkpointing_kwargs" in raw:
+        assert training_args.gradient_checkpointing_kwargs == raw["activation_checkpointing_kwargs"]
+
+
+def test_building_the_stage2_model_warns_about_no_deprecated_name(stage1_dir, recwarn):
+    """PEFT reads `is_gradient_checkpointing`, which transformers 5 warns about at every read (every run)."""
+    import warnings
+
+    from recipes import finetune
+
+    warnings.simplefilter("always")
+    model_args, *_ = finetune.parse_args(
+        ["--config", str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml"), "--model_name_or_path", stage1_dir]
+    )
+    finetune.build_stage2_model(model_args)
+    assert not [str(w.message) for w in recwarn if "checkpointing" in str(w.message)]
+
+
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=os.path.basename)
 def test_accelerate_configs_parse(config):
     from accelerate.commands.config.config_args import load_config_from_file
@@ -197,19 +256,60 @@ def _losses(output_dir: str) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
-def test_resume_reproduces_the_uninterrupted_run(workdir, stage1_dir, tmp_path):
-    """4 steps in one go == 2 steps, a checkpoint, and a resumed run to step 4: same data, same vuser draws, same losses."""
-    common = dict(
-        max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_strategy="steps", save_steps=2, sq_ratio=0.5
-    )
+# Run in a subprocess: the job is killed (SIGKILL) while it writes trainer_state.json of checkpoint-4, after the
+# weights, optimizer, scheduler and RNG states: the moment a non-atomic save leaves a folder that looks finished.
+_KILLED_DURING_SAVE = r"""
+import os, signal, sys
+from transformers.trainer_callback import TrainerState
+
+save_to_json = TrainerState.save_to_json
+
+
+def save_then_die(self, path):
+    if self.global_step == 4:
+        with open(path, "w") as f:
+            f.write('{"global_step": 4, "log_hist')
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_to_json(self, path)
+
+
+TrainerState.save_to_json = save_then_die
+from recipes import finetune
+
+finetune.main(*finetune.parse_args(sys.argv[1:]))
+"""
+
+
+def test_resume_after_a_kill_during_a_checkpoint_save_reproduces_the_uninterrupted_run(workdir, stage1_dir, tmp_path):
+    """4 steps in one go == a job killed (kill -9) while saving checkpoint-4, then resumed with `latest`: the
+    interrupted save is not taken for a checkpoint (it was, and the resume crashed on its half-written state), the
+    run resumes from checkpoint-2 with the same data, vuser draws and losses."""
+    common = {
+        "max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1, "save_strategy": "steps",
+        "save_steps": 2, "sq_ratio": 0.5,
+    }  # fmt: skip
     full = tmp_path / "full"
     _finetune(workdir, stage1_dir, str(full), **common)
     part = tmp_path / "part"
-    _finetune(workdir, stage1_dir, str(part), **common)
-    # Simulate a job killed after step 2: drop the later checkpoint, plus a half-written one that must be ignored.
-    import shutil
-
-    shutil.rmtree(part / "checkpoint-4")
+    argv = ["--config", str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml")]
+    overrides = {
+        "model_name_or_path": stage1_dir,
+        "data_path": workdir["data"]["finetune"],
+        "image_folder": workdir["data"]["image_folder"],
+        "output_dir": str(part),
+        "export_dir": "",
+        "report_to": "none",
+        **common,
+    }
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", _KILLED_DURING_SAVE, *argv]
+    run = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == -9, run.stderr[-3000:]
+    assert not (part / "checkpoint-4").exists(), "the interrupted save must not look like a checkpoint"
+    assert (part / ".partial-checkpoint-4").is_dir() and (part / "checkpoint-2" / "sqllava_checkpoint.json").is_file()
+    # A half-written checkpoint of another kind must be ignored too.
     (part / "checkpoint-6").mkdir()
     (part / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
     _finetune(workdir, stage1_dir, str(part), resume_from_checkpoint="latest", **common)
@@ -222,17 +322,80 @@ def test_resume_reproduces_the_uninterrupted_run(workdir, stage1_dir, tmp_path):
     assert resumed_losses == pytest.approx(full_losses, rel=1e-5)
 
 
-def test_last_complete_checkpoint_skips_interrupted_saves(tmp_path):
+def test_resuming_a_different_run_fails_and_lists_the_differences(workdir, stage1_dir, tmp_path):
+    """The fingerprint stored with each checkpoint (configuration minus output paths, data files, model) must match
+    the resumed run: a changed learning rate or data file is refused with the differences listed (before, it was
+    logged and the old schedule trained, or the run went on with other data), unless --allow_resume_changes."""
+    import shutil
+
+    data = tmp_path / "finetune.json"
+    shutil.copy(workdir["data"]["finetune"], data)
+    common = {"max_steps": 2, "per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 2}
+    out = tmp_path / "run"
+    _finetune(workdir, stage1_dir, str(out), data_path=str(data), **common)
+    with pytest.raises(ValueError, match=r"(?s)different run:.*learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        _finetune(workdir, stage1_dir, str(out), data_path=str(data), learning_rate=1e-3,
+                  resume_from_checkpoint="latest", **common)  # fmt: skip
+    records = json.loads(data.read_text())
+    data.write_text(json.dumps(records[:-1]))
+    with pytest.raises(ValueError, match=r"data file .*finetune.json: \d+ bytes.* in the checkpoint, \d+ bytes"):
+        _finetune(workdir, stage1_dir, str(out), data_path=str(data), resume_from_checkpoint="latest", **common)
+    # Allowed explicitly, it resumes (here at the last step: nothing left to train).
+    _finetune(workdir, stage1_dir, str(out), data_path=str(data), resume_from_checkpoint="latest",
+              allow_resume_changes=True, **common)  # fmt: skip
+
+
+def _complete_checkpoint(folder, step: int) -> None:
+    """The files Trainer writes for a LoRA run, small but real: JSON state, safetensors adapter, torch zip files."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    save_file({"lora_A": torch.ones(64, 8)}, str(folder / "adapter_model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.zeros(64)}}, "param_groups": []}, folder / "optimizer.pt")
+    torch.save({"last_epoch": step}, folder / "scheduler.pt")
+    torch.save({"python": [1, 2, 3]}, folder / "rng_state.pth")
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_latest_is_the_newest_complete_and_readable_checkpoint(tmp_path, caplog):
+    from recipes.checkpoints import write_manifest
     from recipes.common import last_complete_checkpoint, resolve_resume_checkpoint
 
-    for step, complete in [(2, True), (4, True), (6, False)]:
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    for step in range(2, 11):
+        _complete_checkpoint(tmp_path / f"checkpoint-{step}", step)
+    broken = {
+        3: "trainer_state.json is unreadable",
+        5: "optimizer.pt is unreadable or truncated",
+        6: "no optimizer.pt",
+        7: "adapter_model.safetensors is truncated",
+        8: "trainer_state.json is unreadable",
+        9: "no trainer_state.json",
+        10: "adapter_model.safetensors has",
+    }
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3, "log_hist')
+    _truncate(tmp_path / "checkpoint-5" / "optimizer.pt")
+    (tmp_path / "checkpoint-6" / "optimizer.pt").unlink()
+    _truncate(tmp_path / "checkpoint-7" / "adapter_model.safetensors", keep=0.9)
+    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text("")
+    (tmp_path / "checkpoint-9" / "trainer_state.json").unlink()
+    write_manifest(str(tmp_path / "checkpoint-10"), fingerprint={}, world_size=1, save_only_model=False)
+    (tmp_path / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"\0" * 300)  # changed after the save
+    (tmp_path / ".partial-checkpoint-11").mkdir()
+    with caplog.at_level("WARNING", logger="recipes.checkpoints"):
+        assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    for step, reason in broken.items():
+        if step > 4:
+            assert f"checkpoint-{step}: {reason}" in caplog.text, step
+    assert ".partial-checkpoint-11: a checkpoint save that did not finish" in caplog.text
     assert resolve_resume_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-4")
-    with pytest.raises(ValueError, match="checkpoint-6"):
-        resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), str(tmp_path))
+    for step, reason in broken.items():
+        with pytest.raises(ValueError, match=f"checkpoint-{step}.*not a complete checkpoint: {reason}"):
+            resolve_resume_checkpoint(str(tmp_path / f"checkpoint-{step}"), str(tmp_path))
 
 
 def test_empty_gathered_tensors_fail_loudly():
@@ -247,7 +410,18 @@ def test_empty_gathered_tensors_fail_loudly():
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo) == 1 process with gradient accumulation 2 (same global batch);
-    the two ranks see different samples."""
+    the two ranks see different samples. Every fourth record's image is corrupt: dropped by the collator on whichever
+    rank draws it, and the one `skipped_samples.json` of each run counts the same drops (the ranks' counts gathered;
+    they used to go to one file per rank, and to nowhere from dataloader workers)."""
+    image_folder = workdir["data"]["image_folder"]
+    with open(os.path.join(image_folder, "corrupt_for_ranks.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n cut short")
+    with open(workdir["data"]["finetune"]) as f:
+        records = json.load(f)
+    for i in range(3, len(records), 4):
+        records[i]["image"] = "corrupt_for_ranks.png"
+    data = tmp_path / "finetune_with_corrupt_images.json"
+    data.write_text(json.dumps(records))
     common = [
         "--max_steps",
         "3",
@@ -264,9 +438,9 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
         "--model_name_or_path",
         stage1_dir,
         "--data_path",
-        workdir["data"]["finetune"],
+        str(data),
         "--image_folder",
-        workdir["data"]["image_folder"],
+        image_folder,
         "--export_dir",
         "",
         "--group_by_modality_length",
@@ -275,6 +449,10 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
         "true",
         "--log_sample_ids",
         "true",
+        "--max_skip_fraction",
+        "1.0",
+        "--dataloader_num_workers",
+        "1",
     ]
     config = str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml")
     env = {
@@ -336,3 +514,29 @@ def test_two_processes_match_one_process_with_accumulation(workdir, stage1_dir, 
     assert len(seen) == 2, f"expected one sample-id log per rank, got {sorted(seen)}"
     rank0, rank1 = seen.values()
     assert rank0 and rank1 and not rank0 & rank1, "the two ranks must see different samples"
+    reports = [json.loads((run / "skipped_samples.json").read_text()) for run in (two, one)]
+    assert reports[0]["counts"] == reports[1]["counts"] and reports[0]["counts"].get("unreadable_image", 0) > 0
+    assert reports[0]["collate"]["seen"] == reports[1]["collate"]["seen"] == 3 * 4
+    assert not list(two.glob("skipped_samples.rank*.json"))
+
+
+def test_every_command_line_parser_refuses_abbreviations():
+    """Every `ArgumentParser` / `TrlParser` of the repository is built with `allow_abbrev=False` (argparse's default
+    takes `--learning_rat` for `--learning_rate` and `--num-q` for `--num-questions`)."""
+    import ast
+
+    offenders, found = [], 0
+    for folder in ("recipes", "hub_upload", "benchmarks", "processing", "modeling_sqllava"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name not in ("ArgumentParser", "TrlParser", "HfArgumentParser"):
+                    continue
+                found += 1
+                keywords = {k.arg: k.value for k in node.keywords}
+                value = keywords.get("allow_abbrev")
+                if not (isinstance(value, ast.Constant) and value.value is False):
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert found >= 10 and not offenders, offenders

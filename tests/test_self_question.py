@@ -244,3 +244,64 @@ def test_cli_writes_a_llava_json_dataset(tiny_tokenizer, tiny_processor, model, 
     stats = json.loads(process.stdout[process.stdout.index("{") :])
     assert stats["num_records"] == 2 and stats["num_questions"] == 4
     assert len(load_llava_json(output, image_folder, strict=True)) == 2
+
+
+class _Killed(BaseException):
+    """Stands for the job being killed: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+def test_generate_dataset_streams_resumes_and_skips_unreadable_images(
+    model, tiny_processor, image_folder, tmp_path, monkeypatch
+):
+    """Results reach the progress file as they are made: a run killed after two images keeps them, the same command
+    resumes with the remaining images only, and one corrupt image among many is skipped and counted. The final
+    dataset equals an uninterrupted run's (before, --output wrote nothing when killed or on one corrupt image)."""
+    import shutil
+
+    import recipes.self_question as sq
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_folder, folder)
+    shutil.copy(image_path(folder, 0), folder / "eval_000002.png")
+    shutil.copy(image_path(folder, 1), folder / "eval_000003.png")
+    (folder / "eval_000004.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")  # corrupt
+    settings = dict(num_questions=1, answer=True, seed=3, progress=False, **SMALL)
+
+    reference = sq.generate_dataset(model, tiny_processor, str(folder), output_json=tmp_path / "ref.json", **settings)
+    assert reference["num_images"] == 5 and reference["num_records"] == 4 and reference["num_unreadable"] == 1
+    assert "eval_000004.png" in reference["unreadable"][0]
+
+    real, calls = sq.self_question, []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 3:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sq, "self_question", dies_on_the_third)
+    output = tmp_path / "sq.json"
+    with pytest.raises(_Killed):
+        sq.generate_dataset(model, tiny_processor, str(folder), output_json=output, **settings)
+    assert not output.exists()
+    lines = (tmp_path / "sq.json.progress.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and [json.loads(line)["image"] for line in lines[1:]] == ["eval_000000.png", "eval_000001.png"]
+    with open(tmp_path / "sq.json.progress.jsonl", "a") as f:
+        f.write('{"index": 2, "image": "eval_0000')  # a line cut short by the kill
+
+    calls.clear()
+    monkeypatch.setattr(sq, "self_question", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1])
+    stats = sq.generate_dataset(model, tiny_processor, str(folder), output_json=output, **settings)
+    assert calls == [3 + 2, 3 + 3]  # only the images not done yet, each with its own seed
+    assert stats["num_resumed"] == 2 and stats["num_records"] == 4 and stats["num_unreadable"] == 1
+    assert json.loads(output.read_text()) == json.loads((tmp_path / "ref.json").read_text())
+    with pytest.raises(ValueError, match=r"other settings \(num_questions: 1 in the file, 2 now"):
+        sq.generate_dataset(model, tiny_processor, str(folder), output_json=output, **{**settings, "num_questions": 2})
+
+
+def test_cli_flags_cannot_be_abbreviated():
+    from recipes.self_question import parse_args
+
+    assert parse_args(["--model", "m", "--images", "x", "--num-questions", "2"]).num_questions == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--images", "x", "--num-q", "2"])

@@ -348,26 +348,35 @@ def test_trainer_builds_collator_and_groups_by_modality_length(tiny_tokenizer, p
     collator = trainer.data_collator
     assert isinstance(collator, SelfQuestioningCollator)
     assert (collator.mode, collator.max_length, collator.seed, collator.pad_to_multiple_of) == ("pretrain", 512, 3, 8)
-    assert trainer.skip_stats is stats and collator.stats is stats
+    # The run's report starts from the load-time counts; the collator reports its drops in each batch.
+    assert trainer.skip_stats is stats and trainer.skip_report.load is stats and collator.report_skips
     assert isinstance(trainer._get_train_sampler(), ModalityLengthGroupedSampler)
     assert isinstance(trainer.train_dataset, ConversationDataset)
 
 
 def test_datasets_dataset_with_a_missing_image_trains_and_reports_the_skip(tiny_tokenizer, processor, tmp_path):
     """A `datasets.Dataset` (TRL's own type) of records with image paths trains; a missing image is skipped, counted
-    and written to `<output_dir>/skipped_samples.json` at the end of training."""
+    and written to `<output_dir>/skipped_samples.json` at the end of training. One sample in three is over the default
+    max_skip_fraction (1%): the run fails, naming the reason and the count, unless the limit is raised."""
     import datasets
 
     path = tmp_path / "img.png"
     Image.new("RGB", (30, 20), (0, 200, 0)).save(path)
     rows = [dict(make_record(i, turns=CONVERSATION[:2]), images=[str(path)]) for i in range(2)]
     rows.append(dict(make_record(2, turns=CONVERSATION[:2], sample_id="gone"), images=[str(tmp_path / "gone.png")]))
-    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path, dataset=datasets.Dataset.from_list(rows),
-                           max_steps=1, per_device_train_batch_size=3)
+    dataset = datasets.Dataset.from_list(rows)
+    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path / "strict", dataset=dataset, max_steps=1,
+                           per_device_train_batch_size=3)
+    with pytest.raises(ValueError, match=r"33.33% of the training samples were dropped .*max_skip_fraction=0.01.*"
+                                         r"1 of 3 samples \(unreadable_image: 1 \(e.g. gone; gone: .*gone.png"):
+        trainer.train()
+    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path, dataset=dataset, max_steps=1,
+                           per_device_train_batch_size=3, max_skip_fraction=0.5)
     trainer.train()
     assert trainer.state.global_step == 1
     report = json.loads((tmp_path / "skipped_samples.json").read_text())
     assert report["counts"] == {"unreadable_image": 1} and report["examples"]["unreadable_image"] == ["gone"]
+    assert report["collate"]["seen"] == 3 and report["fraction"] == pytest.approx(1 / 3)
 
 
 def test_epoch_callback_sets_the_collator_epoch_on_start_and_resume(tiny_tokenizer, processor, tmp_path):
@@ -377,3 +386,56 @@ def test_epoch_callback_sets_the_collator_epoch_on_start_and_resume(tiny_tokeniz
         trainer.state.epoch = state_epoch
         trainer.callback_handler.on_epoch_begin(trainer.args, trainer.state, trainer.control)
         assert trainer.data_collator.epoch == expected
+
+
+# ---- the run's skip report ----
+
+
+def test_skip_report_counts_every_drop_with_dataloader_workers(tiny_tokenizer, processor, tmp_path, caplog):
+    """Dropped in dataloader worker processes, the samples still reach `skipped_samples.json` and the final log: the
+    report travels in the batches (before, workers kept their counts: 0 reported here)."""
+    from recipes.data import ConversationDataset
+
+    good, corrupt = tmp_path / "good.png", tmp_path / "corrupt.png"
+    Image.new("RGB", (30, 20), (0, 0, 200)).save(good)
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rows = [make_record(i, turns=CONVERSATION[:2], images=[str(corrupt if i % 4 == 3 else good)],
+                        sample_id=f"s{i}") for i in range(16)]  # fmt: skip
+    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path, dataset=ConversationDataset(rows),
+                           max_steps=4, per_device_train_batch_size=4, dataloader_num_workers=2,
+                           max_skip_fraction=1.0)  # fmt: skip
+    with caplog.at_level("WARNING", logger="recipes.skip_report"):
+        trainer.train()
+    report = json.loads((tmp_path / "skipped_samples.json").read_text())
+    assert report["counts"] == {"unreadable_image": 4}
+    assert sorted(report["examples"]["unreadable_image"]) == ["s11", "s15", "s3", "s7"]
+    assert report["collate"]["seen"] == 16 and report["fraction"] == pytest.approx(0.25)
+    assert "Training run: skipped 4 of 16 samples: unreadable_image: 4" in caplog.text
+    assert trainer.skip_stats.total == 4  # the complete report is merged into the stats the trainer was given
+
+
+def test_a_run_that_drops_every_sample_fails_naming_why(tiny_tokenizer, processor, tmp_path):
+    """`max_length` below the image position drops every sample: the first step trains on no labelled token. It
+    fails with the skip reason, even with the audit set to warn (before, it trained on nothing and exited 0)."""
+    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path, max_length=8, audit_trainable="warn",
+                           max_skip_fraction=1.0)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"step\(s\) \[1\] trained on no labelled token.*image_tokens_truncated: 2"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_max_skip_fraction_fails_before_training_on_load_time_drops(tiny_tokenizer, processor, tmp_path):
+    from recipes.data import SkipStats
+
+    stats = SkipStats()
+    stats.seen = 10
+    stats.add("missing_image", "a", detail="image file 'a.png' not found")
+    stats.add("missing_image", "b")
+    trainer = make_trainer(lora_model(tiny_tokenizer), processor, tmp_path, max_skip_fraction=0.1)
+    trainer.skip_report.load = stats
+    with pytest.raises(ValueError, match=r"20.00% .* while loading the data, over max_skip_fraction=0.1.*"
+                                         r"2 of 10 records \(missing_image: 2 \(e.g. a, b; a: image file"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    with pytest.raises(ValueError, match="max_skip_fraction"):
+        make_args(tmp_path, max_skip_fraction=1.5)
