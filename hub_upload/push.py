@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m hub_upload.push",
         allow_abbrev=False,
         description="Upload an exported SQ-LLaVA folder to the Hugging Face Hub in one commit.",
-        allow_abbrev=False,
     )
     parser.add_argument("folder", help="exported model folder")
     parser.add_argument("repo_id", help="target repo, namespace/name")
