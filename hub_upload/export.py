@@ -83,6 +83,7 @@ CODE_ENTRY_FILES = (
     REPO_ROOT / "modeling_sqllava" / "configuration_sqllava.py",
     REPO_ROOT / "modeling_sqllava" / "modeling_sqllava.py",
     REPO_ROOT / "processing" / "processing_sqllava.py",
+    REPO_ROOT / "processing" / "tokenization_sqllava.py",  # AutoTokenizer's class (imported by the processor too)
 )
 # Pickle-based formats run code when loaded: an export never contains them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
