@@ -122,7 +122,7 @@ class SQLlavaConfig(PretrainedConfig):
         )
         text_config = _build_sub_config(text_config, "text_config", DEFAULT_TEXT_CONFIG, accepted_types=None)
 
-        # `image_seq_length` is derived from the vision config (never a stale constant); a stored value must agree.
+        # `image_seq_length` is derived from the vision config (never a stale constant); a given value must agree.
         stored_seq_length = kwargs.pop("image_seq_length", None)
         # LLaVA checkpoints name it `image_token_index`.
         image_token_id = kwargs.pop("image_token_index", image_token_id)
@@ -183,17 +183,31 @@ class SQLlavaConfig(PretrainedConfig):
         # so they go through it rather than being set above.
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=False, **kwargs)
 
-        if stored_seq_length is not None and stored_seq_length != self.image_seq_length:
-            raise ValueError(
-                f"`image_seq_length`={stored_seq_length} disagrees with the vision config, which gives "
-                f"{self.image_seq_length} image tokens; drop `image_seq_length` (it is derived)."
-            )
+        if stored_seq_length is not None:
+            self.image_seq_length = stored_seq_length  # the setter checks it against the vision config
 
     @property
     def image_seq_length(self) -> int:
-        """Number of `<image>` placeholder tokens (= feature rows) per image, derived from the vision config."""
+        """Number of `<image>` placeholder tokens (= feature rows) per image, derived from the vision config.
+
+        Settable, as on LLaVA's config (code written for LLaVA sets it after changing the vision config, and
+        `from_pretrained(..., image_seq_length=...)` / `config.update(...)` set it too), but only to the value the
+        vision config gives: the tower produces that many rows whatever the attribute says, so a different stored
+        number could only make the processor and the model disagree.
+        """
         patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
         return patches + (1 if self.vision_feature_select_strategy == "full" else 0)
+
+    @image_seq_length.setter
+    def image_seq_length(self, value: int):
+        if value != self.image_seq_length:
+            vision = self.vision_config
+            cls_token = " + 1 (CLS)" if self.vision_feature_select_strategy == "full" else ""
+            raise ValueError(
+                f"`image_seq_length`={value!r} disagrees with the vision config, which gives {self.image_seq_length} "
+                f"image tokens (({vision.image_size} // {vision.patch_size})**2{cls_token}); it is derived: change "
+                "`vision_config.image_size`/`patch_size` or `vision_feature_select_strategy` instead."
+            )
 
     @property
     def num_vision_layers(self) -> int:

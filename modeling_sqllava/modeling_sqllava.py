@@ -16,7 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 
 from .configuration_sqllava import SQLlavaConfig
@@ -27,36 +32,45 @@ except ImportError:  # transformers 4.x: from_pretrained only initialises module
     from torch.nn import init
 
 
-# 5.x renamed the KV-cache output field `past_key_values` to `cache`; generate() reads whichever the version defines.
+# 5.x renamed the KV cache `past_key_values` to `cache` (argument and output field); each version uses its own name.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+_TRANSFORMERS_5 = _CACHE_FIELD == "cache"
 # 5.x's generate() drops `pixel_values` outside prefill itself and tells prepare_inputs_for_generation which step it is.
 _GENERATE_KNOWS_FIRST_ITERATION = (
     "is_first_iteration" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
 )
+# 4.x's CLIP attention returns its weights only when asked; 5.x's always does (and takes no such argument).
+_CLIP_ENCODER_TAKES_OUTPUT_ATTENTIONS = "output_attentions" in inspect.signature(CLIPEncoder.forward).parameters
 
 
 @dataclass
 class SQLlavaModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` (of the installed transformers) plus the projected image features.
+    """`BaseModelOutputWithPast` (of the installed transformers) plus the image encoder's outputs.
 
     Args:
         image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
             Projector outputs spliced into the sequence, when `pixel_values` were given.
+        image_outputs (`BaseModelOutputWithPooling`, *optional*):
+            What [`SQLlavaModel.get_image_features`] returns (the field 5.x's LLaVA outputs carry): the vision tower's
+            `last_hidden_state` and the projected features as `pooler_output`, when `pixel_values` were given.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
 class SQLlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` (of the installed transformers) plus the projected image features.
+    """`CausalLMOutputWithPast` (of the installed transformers) plus the image encoder's outputs.
 
     Args:
         image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, text_hidden_size)`, *optional*):
             Projector outputs spliced into the sequence, when `pixel_values` were given.
+        image_outputs (`BaseModelOutputWithPooling`, *optional*): see [`SQLlavaModelOutputWithPast`].
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class SQLlavaVisionTower(nn.Module):
@@ -85,8 +99,25 @@ class SQLlavaVisionTower(nn.Module):
         # Built with the shared config, then truncated: layer -2 of 24 keeps layers 0..22.
         self.encoder.layers = self.encoder.layers[: config.num_vision_layers]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patch features of the selected layer, `(batch, tokens, vision_hidden_size)` (CLS dropped for "default")."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = False,
+    ) -> torch.Tensor | BaseModelOutput:
+        """Patch features of the selected layer, `(num_images, tokens, vision_hidden_size)` (CLS dropped for
+        "default"); with `return_dict=True`, a `BaseModelOutput` holding all its tokens instead (CLS first).
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, 3, image_size, image_size)`): preprocessed images.
+            output_hidden_states (`bool`, *optional*, defaults to `False`): with `return_dict=True`, also return
+                `hidden_states`: the embeddings after `pre_layrnorm`, then each built layer's output
+                (`num_vision_layers + 1` tensors; the last one is `last_hidden_state`).
+            output_attentions (`bool`, *optional*, defaults to `False`): with `return_dict=True`, also return each
+                built layer's attention probabilities, `(num_images, heads, tokens, tokens)` (eager attention only).
+            return_dict (`bool`, *optional*, defaults to `False`): see above.
+        """
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.num_channels, self.image_size, self.image_size):
             raise ValueError(
                 f"`pixel_values` has shape {tuple(pixel_values.shape)}, expected (num_images, {self.num_channels}, "
@@ -95,10 +126,46 @@ class SQLlavaVisionTower(nn.Module):
             )
         hidden_states = self.embeddings(pixel_values.to(self.embeddings.patch_embedding.weight.dtype))
         hidden_states = self.pre_layrnorm(hidden_states)
-        hidden_states = self.encoder(inputs_embeds=hidden_states).last_hidden_state
-        if self.select_strategy == "default":
-            hidden_states = hidden_states[:, 1:]
-        return hidden_states
+        # Each layer's output and attention weights are recorded with forward hooks: the same tensors on 4.x (whose
+        # encoder could return them itself) and on 5.x (whose encoder leaves recording to the CLIPVisionModel wrapper
+        # this tower does not use). The hooks live only for this call, so a gradient-checkpointing recomputation in
+        # backward records nothing.
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+
+        def record_hidden_state(module, args, output):
+            all_hidden_states.append(output[0] if isinstance(output, tuple) else output)  # 4.x layers return tuples
+
+        def record_attention(module, args, output):
+            all_attentions.append(output[1])  # CLIPAttention returns (output, weights) on both versions
+
+        hooks = []
+        for layer in self.encoder.layers:
+            if output_hidden_states:
+                hooks.append(layer.register_forward_hook(record_hidden_state))
+            if output_attentions:
+                hooks.append(layer.self_attn.register_forward_hook(record_attention))
+        encoder_kwargs = {}
+        if output_attentions and _CLIP_ENCODER_TAKES_OUTPUT_ATTENTIONS:
+            encoder_kwargs["output_attentions"] = True
+        try:
+            hidden_states = self.encoder(inputs_embeds=hidden_states, **encoder_kwargs).last_hidden_state
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if output_attentions and any(weights is None for weights in all_attentions):
+            raise ValueError(
+                f"`output_attentions=True` needs the vision tower's attention weights, which "
+                f"attn_implementation={self.config._attn_implementation!r} does not compute; load the model with "
+                "`attn_implementation='eager'`."
+            )
+        if not return_dict:
+            return hidden_states[:, 1:] if self.select_strategy == "default" else hidden_states
+        return BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
 
 
 class SQLlavaPrototypeExtractor(nn.Module):
@@ -284,13 +351,96 @@ class SQLlavaModel(SQLlavaPreTrainedModel):
     def set_decoder(self, decoder: nn.Module):
         self.language_model = decoder
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features, `(num_images, image_seq_length, text_hidden_size)`.
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple | list[torch.Tensor]:
+        r"""Projected image features, with the conventions of the installed transformers' LLaVA.
+
+        transformers 5.x (and any caller passing `return_dict=True`, as vLLM's Transformers backend does) gets a
+        `BaseModelOutputWithPooling`: `pooler_output` holds the projected features, one
+        `(image_seq_length, text_hidden_size)` tensor per image (a list, as 5.x's LLaVA returns it);
+        `last_hidden_state` is the vision tower's output at `vision_feature_layer` with the CLS token,
+        `(num_images, 1 + patches, vision_hidden_size)`; `hidden_states`/`attentions` are the built tower layers' (the
+        tower ends at `vision_feature_layer`, so `hidden_states[-1]` is LLaVA's `hidden_states[vision_feature_layer]`).
+        `return_dict=False` on 5.x gives the same as a tuple. transformers 4.x without `return_dict=True` gets what
+        4.57's LLaVA returns: the list of per-image projected features.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(num_images, 3, image_size, image_size)`): preprocessed images.
+            vision_feature_layer (`int`, *optional*): must be `config.vision_feature_layer` (or `None`): the layers
+                after it are not built.
+            vision_feature_select_strategy (`str`, *optional*): `"default"` drops the CLS token, `"full"` keeps it;
+                defaults to `config.vision_feature_select_strategy` (whose token count the placeholders follow).
+            output_hidden_states (`bool`, *optional*): return the tower's hidden states; defaults to the config's.
+            output_attentions (`bool`, *optional*): return the tower's attentions (eager attention); defaults to the
+                config's.
+            return_dict (`bool`, *optional*): see above; defaults to `config.return_dict` on 5.x.
         """
-        return self.multi_modal_projector(self.vision_tower(pixel_values))
+        unexpected = sorted(name for name, value in kwargs.items() if value is not None)
+        if unexpected:
+            raise TypeError(
+                f"get_image_features() got unsupported arguments {unexpected}; SQ-LLaVA takes `pixel_values` "
+                "(num_images, 3, image_size, image_size) only (no `image_sizes`: images are padded to a square)."
+            )
+        image_outputs, _ = self._encode_images(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, output_hidden_states, output_attentions
+        )
+        if return_dict is None and not _TRANSFORMERS_5:
+            return image_outputs.pooler_output  # 4.57's LLaVA: a list of per-image features
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        return image_outputs if return_dict else image_outputs.to_tuple()
+
+    def _encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """`get_image_features`' output and the same projected features as one `(num_images, rows, width)` tensor."""
+        config = self.config
+        if vision_feature_layer is not None:
+            layers = config.vision_config.num_hidden_layers
+            index = vision_feature_layer if vision_feature_layer >= 0 else layers + 1 + vision_feature_layer
+            if index != config.num_vision_layers:
+                raise ValueError(
+                    f"`vision_feature_layer`={vision_feature_layer} differs from config.vision_feature_layer="
+                    f"{config.vision_feature_layer}: the tower is built only up to that layer; drop the argument."
+                )
+        strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
+        if strategy not in ("default", "full"):
+            raise ValueError(
+                f"`vision_feature_select_strategy`={strategy!r} is not supported; use 'default' (drops the CLS token) "
+                "or 'full'."
+            )
+        if output_hidden_states is None:
+            output_hidden_states = getattr(config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(config, "output_attentions", False)
+        tower_outputs = self.vision_tower(
+            pixel_values,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions),
+            return_dict=True,
+        )
+        selected = tower_outputs.last_hidden_state
+        features = self.multi_modal_projector(selected[:, 1:] if strategy == "default" else selected)
+        image_outputs = BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=list(features),  # views of `features`, one per image
+            hidden_states=tower_outputs.hidden_states,
+            attentions=tower_outputs.attentions,
+        )
+        return image_outputs, features
 
     def _image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         if input_ids is not None:
@@ -327,9 +477,15 @@ class SQLlavaModel(SQLlavaPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = None
+        image_features = image_outputs = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
+            # As LLaVA does, the tower's hidden states / attentions are computed when the caller asks for the
+            # language model's.
+            image_outputs, image_features = self._encode_images(
+                pixel_values,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+            )
             image_mask = self._image_token_mask(input_ids, inputs_embeds)
             num_tokens = int(image_mask.sum())
             num_features = image_features.shape[0] * image_features.shape[1]
@@ -363,6 +519,7 @@ class SQLlavaModel(SQLlavaPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            image_outputs=image_outputs,
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD, None)},
         )
         return output.to_tuple() if return_dict is False else output
@@ -421,8 +578,20 @@ class SQLlavaForConditionalGeneration(SQLlavaPreTrainedModel, GenerationMixin):
     def multi_modal_projector(self) -> SQLlavaMultiModalProjector:
         return self.model.multi_modal_projector
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple | list[torch.Tensor]:
+        """Projected image features; see [`SQLlavaModel.get_image_features`]."""
+        return self.model.get_image_features(
+            pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
 
     def forward(
         self,
@@ -469,6 +638,7 @@ class SQLlavaForConditionalGeneration(SQLlavaPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
         )
         return output.to_tuple() if return_dict is False else output

@@ -88,6 +88,29 @@ def test_config_round_trips_through_json(tmp_path):
     assert loaded.image_seq_length == NUM_IMAGE_TOKENS
 
 
+def test_image_seq_length_is_settable_to_the_value_the_vision_config_gives(tmp_path):
+    """LLaVA code sets `config.image_seq_length` (after changing the vision config); a conflicting number is refused."""
+    config = tiny_model_config(vocab_size=VOCAB)
+    config.image_seq_length = NUM_IMAGE_TOKENS  # agrees: accepted, nothing changes
+    config.update({"image_seq_length": NUM_IMAGE_TOKENS})
+    assert config.image_seq_length == NUM_IMAGE_TOKENS
+    with pytest.raises(ValueError, match=r"`image_seq_length`=20 disagrees .* gives 16 image tokens \(\(56 // 14\)\*\*2\)"):
+        config.image_seq_length = 20
+    assert config.image_seq_length == NUM_IMAGE_TOKENS
+    # The LLaVA idiom: resize the tower, then state the new count (84 px / 14 = 6 x 6 patches).
+    config.vision_config.image_size = 84
+    config.image_seq_length = 36
+    assert config.image_seq_length == 36
+    full = tiny_model_config(vocab_size=VOCAB, vision_feature_select_strategy="full")
+    with pytest.raises(ValueError, match=r"gives 17 image tokens \(\(56 // 14\)\*\*2 \+ 1 \(CLS\)\)"):
+        full.image_seq_length = 16
+    # from_pretrained passes its keyword arguments through setattr.
+    tiny_model_config(vocab_size=VOCAB).save_pretrained(tmp_path)
+    assert SQLlavaConfig.from_pretrained(tmp_path, image_seq_length=NUM_IMAGE_TOKENS).image_seq_length == 16
+    with pytest.raises(ValueError, match="`image_seq_length`=17"):
+        SQLlavaConfig.from_pretrained(tmp_path, image_seq_length=17)
+
+
 # ------------------------------------------------------------------------------------------------ prototype extractor
 
 
@@ -265,7 +288,7 @@ def test_image_features_replace_exactly_the_placeholders():
     model = make_model()
     input_ids, pixel_values = make_inputs(batch=1)
     with torch.no_grad():
-        features = model.get_image_features(pixel_values)
+        features = model.get_image_features(pixel_values, return_dict=True).pooler_output
         seen = {}
         hook = model.model.language_model.register_forward_pre_hook(
             lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
@@ -276,6 +299,97 @@ def test_image_features_replace_exactly_the_placeholders():
         placeholders = input_ids[0] == IMAGE_ID
         torch.testing.assert_close(embeds[placeholders], features[0])
         torch.testing.assert_close(embeds[~placeholders], model.get_input_embeddings()(input_ids[0][~placeholders]))
+
+
+def clip_with_tower_weights(model, attn_implementation: str = "sdpa"):
+    """A transformers `CLIPVisionModel` holding the SQ-LLaVA tower's weights (its extra layer stays random)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    clip = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION_CONFIG, attn_implementation=attn_implementation)).eval()
+    source = getattr(clip, "vision_model", clip)  # transformers 4.x nests the transformer
+    tower = model.model.vision_tower
+    source.embeddings.load_state_dict(tower.embeddings.state_dict())
+    source.pre_layrnorm.load_state_dict(tower.pre_layrnorm.state_dict())
+    for index, layer in enumerate(tower.encoder.layers):
+        source.encoder.layers[index].load_state_dict(layer.state_dict())
+    return clip
+
+
+def test_get_image_features_follows_llava_conventions():
+    """5.x LLaVA: a BaseModelOutputWithPooling with the projected features per image in `pooler_output` (what vLLM's
+    Transformers backend reads with `return_dict=True`); 4.57 LLaVA: the list of per-image features."""
+    import transformers
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = make_model()
+    _, pixel_values = make_inputs(batch=2)
+    clip = clip_with_tower_weights(model)
+    with torch.no_grad():
+        expected_tower = clip(pixel_values, output_hidden_states=True).hidden_states[2]  # layer -2 of 3, with CLS
+        expected = model.model.multi_modal_projector(expected_tower[:, 1:])
+        for owner in (model, model.model):  # the generation class delegates to the base model
+            out = owner.get_image_features(pixel_values, return_dict=True)
+            assert isinstance(out, BaseModelOutputWithPooling)
+            assert isinstance(out.pooler_output, list) and len(out.pooler_output) == 2
+            assert out.pooler_output[0].shape == (NUM_IMAGE_TOKENS, TINY_TEXT_CONFIG["hidden_size"])
+            torch.testing.assert_close(torch.stack(out.pooler_output), expected)
+            torch.testing.assert_close(out.last_hidden_state, expected_tower)
+            assert out.hidden_states is None and out.attentions is None
+        default = model.get_image_features(pixel_values)
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            assert isinstance(default, BaseModelOutputWithPooling)
+        else:
+            assert isinstance(default, list) and len(default) == 2
+            torch.testing.assert_close(torch.stack(default), expected)
+        as_tuple = model.get_image_features(pixel_values, return_dict=False)
+        assert isinstance(as_tuple, tuple)
+        torch.testing.assert_close(as_tuple[0], expected_tower)
+        # The configured layer, spelled either way, is accepted; "full" keeps the CLS row.
+        for layer in (-2, 2):
+            same = model.get_image_features(pixel_values, vision_feature_layer=layer, return_dict=True)
+            torch.testing.assert_close(torch.stack(same.pooler_output), expected)
+        full = model.get_image_features(pixel_values, vision_feature_select_strategy="full", return_dict=True)
+        torch.testing.assert_close(torch.stack(full.pooler_output), model.model.multi_modal_projector(expected_tower))
+    with pytest.raises(ValueError, match="`vision_feature_layer`=-1 differs from config.vision_feature_layer=-2"):
+        model.get_image_features(pixel_values, vision_feature_layer=-1)
+    with pytest.raises(ValueError, match="'cls'"):
+        model.get_image_features(pixel_values, vision_feature_select_strategy="cls")
+    with pytest.raises(TypeError, match=r"\['image_sizes'\]"):
+        model.get_image_features(pixel_values, image_sizes=torch.tensor([[56, 56], [56, 56]]))
+
+
+def test_get_image_features_hidden_states_and_attentions_equal_clips():
+    model = make_model(attn_implementation="eager")
+    _, pixel_values = make_inputs(batch=2)
+    clip = clip_with_tower_weights(model, attn_implementation="eager")
+    with torch.no_grad():
+        expected = clip(pixel_values, output_hidden_states=True, output_attentions=True)
+        out = model.get_image_features(pixel_values, output_hidden_states=True, output_attentions=True, return_dict=True)
+    # The tower ends at layer -2: embeddings + 2 built layers, each equal to CLIP's.
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2
+    for actual, reference in zip(out.hidden_states, expected.hidden_states[:3]):
+        torch.testing.assert_close(actual, reference)
+    for actual, reference in zip(out.attentions, expected.attentions[:2]):
+        assert actual.shape == (2, TINY_VISION_CONFIG["num_attention_heads"], NUM_IMAGE_TOKENS + 1, NUM_IMAGE_TOKENS + 1)
+        torch.testing.assert_close(actual, reference)
+        torch.testing.assert_close(actual.sum(-1), torch.ones(actual.shape[:-1]))
+    sdpa = make_model()
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        sdpa.get_image_features(pixel_values, output_attentions=True)
+
+
+def test_outputs_carry_image_outputs_and_image_hidden_states():
+    model = make_model()
+    input_ids, pixel_values = make_inputs(batch=2)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, pixel_values=pixel_values, output_hidden_states=True)
+        features = model.get_image_features(pixel_values, return_dict=True)
+    torch.testing.assert_close(torch.stack(out.image_outputs.pooler_output), out.image_hidden_states)
+    torch.testing.assert_close(out.image_hidden_states, torch.stack(features.pooler_output))
+    torch.testing.assert_close(out.image_outputs.last_hidden_state, features.last_hidden_state)
+    assert len(out.image_outputs.hidden_states) == 3  # asked for hidden states: the tower's come along, as in LLaVA
+    assert len(out.hidden_states) == TINY_TEXT_CONFIG["num_hidden_layers"] + 1
+    assert model(input_ids=input_ids[:, :1]).image_outputs is None
 
 
 def test_sdpa_matches_eager():
