@@ -47,7 +47,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import AddedToken
 from transformers.utils import logging
 
-from .tokenization_sqllava import SQLlavaTokenizer
+from .tokenization_sqllava import SQLlavaTokenizer, is_sqllava_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -502,7 +502,7 @@ class SQLlavaProcessor(ProcessorMixin):
                 f"The tokenizer has no {image_token!r} token: call `add_sqllava_special_tokens(tokenizer)` first "
                 "(and resize the model's embeddings)."
             )
-        if type(tokenizer).__name__ != SQLlavaTokenizer.__name__:
+        if not is_sqllava_tokenizer(tokenizer):
             tokenizer = SQLlavaTokenizer.from_tokenizer(tokenizer, image_token=image_token)
         self.image_seq_length = image_seq_length
         self.image_token = image_token

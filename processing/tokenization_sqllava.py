@@ -178,7 +178,7 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
             legacy (`bool`, *optional*): overrides the flag read from `tokenizer` (its `tokenizer_config.json`).
             kwargs: more arguments for [`SQLlavaTokenizer`].
         """
-        if isinstance(tokenizer, cls) or type(tokenizer).__name__ == cls.__name__:
+        if is_sqllava_tokenizer(tokenizer):
             converted = copy.deepcopy(tokenizer)
             if legacy is not None:
                 converted.legacy = legacy
@@ -455,6 +455,12 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
         self._backend = sentencepiece_backend(self._spec)
 
 
+def is_sqllava_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is an `SQLlavaTokenizer`: this module's class, the same class loaded as a folder's remote
+    code, or a subclass of either (vLLM wraps tokenizers in a subclass that caches attributes)."""
+    return any(klass.__name__ == SQLlavaTokenizer.__name__ for klass in type(tokenizer).__mro__)
+
+
 def legacy_flag(tokenizer) -> bool:
     """
     The `legacy` flag of the checkpoint a tokenizer was loaded from, `True` when the checkpoint has none (the default
@@ -533,4 +539,4 @@ def _added_tokens_of(spec: dict) -> dict[int, AddedToken]:
 
 SQLlavaTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["SQLlavaTokenizer", "legacy_flag", "sentencepiece_backend"]
+__all__ = ["SQLlavaTokenizer", "is_sqllava_tokenizer", "legacy_flag", "sentencepiece_backend"]
