@@ -41,7 +41,9 @@ def main(argv: list[str]) -> None:
             output = llm.generate({"prompt": request["prompt"], "multi_modal_data": {"image": image}}, params)[0]
         else:
             output = llm.chat(request["messages"], params)[0]
-        results.append({"prompt_token_ids": list(output.prompt_token_ids), "token_ids": list(output.outputs[0].token_ids)})
+        results.append(
+            {"prompt_token_ids": list(output.prompt_token_ids), "token_ids": list(output.outputs[0].token_ids)}
+        )
     with open(out_path, "w", encoding="utf-8") as handle:
         json.dump(results, handle)
 
