@@ -38,7 +38,6 @@ pytest.importorskip("vllm", reason="vLLM is installed only in the vLLM job's env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 8
-MAX_MODEL_LEN = 256  # the converted model has 256 positions; prompts here take ~120 tokens
 QUESTION = "What is in the image?"
 # What every vLLM process here needs: loopback only, no network, no usage reports, a small CPU KV cache.
 VLLM_ENV = {
@@ -88,30 +87,32 @@ def conversations() -> dict[str, list[dict]]:
     }
 
 
-def openai_messages(messages: list[dict], data_url: str) -> list[dict]:
-    """The same conversation as an OpenAI chat request carries it: the image as a base64 `image_url` part."""
+def openai_messages(messages: list[dict], data_url: str | None) -> list[dict]:
+    """The same conversation as an OpenAI chat request carries it: the image as a base64 `image_url` part (or, with
+    `data_url=None`, as the `image_pil` part of vLLM's offline `LLM.chat`, filled in by tests/vllm_offline.py)."""
+    image_part = {"type": "image_url", "image_url": {"url": data_url}} if data_url else {"type": "image_pil"}
     converted = []
     for message in messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [
-                {"type": "image_url", "image_url": {"url": data_url}} if part["type"] == "image" else part
-                for part in content
-            ]
+            content = [image_part if part["type"] == "image" else part for part in content]
         converted.append({"role": message["role"], "content": content})
     return converted
 
 
 def reference(folder: Path, image: PIL.Image.Image) -> dict[str, dict]:
-    """Prompt ids (the processor's) and greedy tokens (`model.generate`) of every conversation, from the folder."""
+    """Prompt ids (the processor's) and greedy tokens (`model.generate`) of every conversation, from the folder;
+    `ask` is the single-turn conversation with the `vuser` generation prompt (the model asks a question)."""
     from modeling_sqllava import SQLlavaForConditionalGeneration
     from processing import SQLlavaProcessor
 
     processor = SQLlavaProcessor.from_pretrained(folder)
     model = SQLlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     results = {}
-    for name, messages in conversations().items():
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    cases = {name: (messages, "assistant") for name, messages in conversations().items()}
+    cases["ask"] = (conversations()["single"], "vuser")
+    for name, (messages, role) in cases.items():
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, generation_role=role)
         inputs = processor(text=prompt, images=image, return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS)
@@ -172,6 +173,11 @@ def folders(tmp_path_factory):
     }
 
 
+def max_model_len(folder: Path) -> int:
+    """The model's own context (512 positions exported, 256 converted): vLLM refuses a longer `max_model_len`."""
+    return json.loads((folder / "config.json").read_text())["text_config"]["max_position_embeddings"]
+
+
 def vllm_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(VLLM_ENV, HF_MODULES_CACHE=str(tmp / "modules"))
@@ -207,9 +213,9 @@ def test_offline_llm_equals_generate(folders, name, tmp_path):
     folder, expected = folders[name]
     requests = [{"prompt": expected["single"]["prompt"]}] + [
         {"messages": openai_messages(messages, folders["data_url"])} for messages in conversations().values()
-    ]
+    ] + [{"messages": openai_messages(conversations()["single"], None)}]
     spec = {"model": str(folder), "image": str(folders["image_path"]), "max_tokens": MAX_TOKENS, "requests": requests,
-            "max_model_len": MAX_MODEL_LEN}
+            "max_model_len": max_model_len(folder)}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests" / "vllm_offline.py"), str(tmp_path / "spec.json"),
@@ -218,7 +224,8 @@ def test_offline_llm_equals_generate(folders, name, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     outputs = json.loads((tmp_path / "out.json").read_text())
-    for output, key in zip(outputs, ["single", "single", "multi"]):
+    assert len(outputs) == 4
+    for output, key in zip(outputs, ["single", "single", "multi", "single"]):
         assert output["prompt_token_ids"] == expected[key]["prompt_token_ids"]
         assert output["token_ids"] == expected[key]["token_ids"]
 
@@ -233,8 +240,11 @@ def _post(url: str, body: dict, timeout: float) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"{url} answered {error.code}: {error.read().decode(errors='replace')[:2000]}")
 
 
 def test_openai_server_answers_a_base64_image_chat_request(folders, tmp_path):
@@ -244,7 +254,7 @@ def test_openai_server_answers_a_base64_image_chat_request(folders, tmp_path):
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--served-model-name",
         "sqllava-tiny", "--model-impl", "transformers", "--trust-remote-code", "--enforce-eager", "--dtype",
-        "float32", "--max-model-len", str(MAX_MODEL_LEN), "--host", "127.0.0.1", "--port", str(port),
+        "float32", "--max-model-len", str(max_model_len(folder)), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, env=vllm_env(tmp_path), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
@@ -263,7 +273,10 @@ def test_openai_server_answers_a_base64_image_chat_request(folders, tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"the server was not healthy within 480 s:\n{log_path.read_text()[-4000:]}")
             time.sleep(2)
-        for name, messages in conversations().items():
+        cases = {name: (messages, {}) for name, messages in conversations().items()}
+        # Self-questioning through vLLM's chat_template_kwargs, as the model card shows.
+        cases["ask"] = (conversations()["single"], {"chat_template_kwargs": {"generation_role": "vuser"}})
+        for name, (messages, extra) in cases.items():
             body = {
                 "model": "sqllava-tiny",
                 "messages": openai_messages(messages, folders["data_url"]),
@@ -273,12 +286,14 @@ def test_openai_server_answers_a_base64_image_chat_request(folders, tmp_path):
                 "min_tokens": MAX_TOKENS,
                 "return_token_ids": True,
                 "return_prompt_text": True,
+                **extra,
             }
             answer = _post(f"{base}/v1/chat/completions", body, timeout=120)
             assert answer["prompt_text"] == expected[name]["prompt"]
             assert answer["prompt_token_ids"] == expected[name]["prompt_token_ids"]
             assert answer["choices"][0]["token_ids"] == expected[name]["token_ids"]
             assert isinstance(answer["choices"][0]["message"]["content"], str)
+        assert expected["ask"]["prompt"].endswith("VUSER:")
     finally:
         server.terminate()  # SIGTERM to the server's PID: vLLM shuts its engine process down
         try:
