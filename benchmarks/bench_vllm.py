@@ -131,6 +131,29 @@ def bench_generate(folder: Path, args, batches: dict[int, list]) -> dict:
 
 
 def bench_vllm(folder: Path, args, batches: dict[int, list], prompt: str) -> dict:
+    """vLLM's tokens/s, in a child process of its own: vLLM's engine processes then start from a process that ran
+    no torch work and always stop with it (an engine left behind by an in-process `LLM` blocked the exit here)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"folder": str(folder), "args": vars(args), "prompt": prompt, "batch_sizes": list(batches)}
+        Path(tmp, "spec.json").write_text(json.dumps(spec))
+        command = [sys.executable, str(Path(__file__).resolve()), "--vllm-child", str(Path(tmp, "spec.json"))]
+        subprocess.run(command, check=True, timeout=3600)
+        result = json.loads(Path(tmp, "spec.json.out").read_text())
+    result["tokens_per_s"] = {int(size): value for size, value in result["tokens_per_s"].items()}
+    return result
+
+
+def vllm_child(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    args = argparse.Namespace(**spec["args"])
+    batches = {size: make_images(size, seed=size) for size in spec["batch_sizes"]}
+    result = run_vllm(Path(spec["folder"]), args, batches, spec["prompt"])
+    Path(spec_path + ".out").write_text(json.dumps(result))
+
+
+def run_vllm(folder: Path, args, batches: dict[int, list], prompt: str) -> dict:
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -159,6 +182,7 @@ def bench_vllm(folder: Path, args, batches: dict[int, list], prompt: str) -> dic
         if batch_size == 1:
             first_tokens = list(outputs[0].outputs[0].token_ids)
         results[batch_size] = sum(len(o.outputs[0].token_ids) for o in outputs) / statistics.median(times)
+    llm.llm_engine.engine_core.shutdown()
     return {"tokens_per_s": results, "batch1_tokens": first_tokens}
 
 
@@ -185,7 +209,11 @@ def main() -> None:
     parser.add_argument(
         "--write-folder", default=None, help="Only write the random model folder of --shape here (to serve it), exit."
     )
+    parser.add_argument("--vllm-child", default=None, help=argparse.SUPPRESS)  # bench_vllm's child process
     args = parser.parse_args()
+    if args.vllm_child:
+        vllm_child(args.vllm_child)
+        return
     if args.write_folder:
         build_folder(args.shape, Path(args.write_folder), args.device)
         print(f"Wrote a random {args.shape} SQ-LLaVA to {args.write_folder}")
