@@ -236,6 +236,15 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
         # fast tokenizers decode it: a model that samples one must not crash the decoding of its output.
         return self._id_to_piece.get(index, "")
 
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        if skip_special_tokens and not isinstance(ids, int):
+            # Every added token marked special (`<image>`, `<pad>` ...), as fast tokenizers skip; transformers 4.x's
+            # slow tokenizers skip only the named ones (bos/eos/unk/pad/additional_special_tokens).
+            special = set(self.all_special_ids)
+            special.update(index for index, token in self._added_tokens_decoder.items() if token.special)
+            ids = [index for index in ids if int(index) not in special]
+        return super().convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         # The SentencePiece decoder of the fast Llama tokenizer (`▁` -> space, byte pieces fused, first space
         # dropped), applied to the whole list with added tokens inline, as fast tokenizers decode.
