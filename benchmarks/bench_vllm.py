@@ -101,7 +101,7 @@ def bench_generate(folder: Path, args, batches: dict[int, list]) -> dict:
     from processing import SQLlavaProcessor
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    processor = SQLlavaProcessor.from_pretrained(folder)
+    processor = SQLlavaProcessor.from_pretrained(folder, trust_remote_code=False)  # the package's classes
     model = SQLlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(args.device).eval()
     prompt = prompt_for(processor)
     results, first_tokens = {}, None

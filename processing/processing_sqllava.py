@@ -518,8 +518,11 @@ class SQLlavaProcessor(ProcessorMixin):
         # `legacy` flag.
         from transformers import AutoImageProcessor
 
-        kwargs = {key: value for key, value in kwargs.items() if key != "processor_dict"}
-        image_processor = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # The image processor is transformers' own LLaVA one: never the folder's code, whatever the caller allowed.
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("processor_dict", "trust_remote_code")}
+        image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=False, **kwargs
+        )
         kwargs.pop("use_fast", None)
         tokenizer = SQLlavaTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [image_processor, tokenizer]
