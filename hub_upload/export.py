@@ -109,6 +109,7 @@ CODE_ENTRY_FILES = (
     REPO_ROOT / "modeling_sqllava" / "configuration_sqllava.py",
     REPO_ROOT / "modeling_sqllava" / "modeling_sqllava.py",
     REPO_ROOT / "processing" / "processing_sqllava.py",
+    REPO_ROOT / "processing" / "tokenization_sqllava.py",  # AutoTokenizer's class (imported by the processor too)
 )
 # Files a processor/tokenizer save may write that tell a folder holds a processor.
 _PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")

@@ -156,6 +156,7 @@ def render_model_card(
         "### Self-questioning\n\n"
         "The model can also ask a question about the image: end the prompt with the `vuser` role and sample.\n\n"
         + _self_questioning_snippet(),
+        "### Serve with vLLM\n\n" + _vllm_snippet(repo_id),
         "### Evaluate with lmms-eval\n\n" + _lmms_eval_snippet(repo_id),
     ]
     if training_config:
@@ -217,6 +218,52 @@ lmms-eval runs the model by name (`sqllava`); the results file is written under 
 lmms-eval --model sqllava --model_args pretrained={repo_id},dtype=bfloat16 \\
     --tasks vqav2_val,gqa,pope,scienceqa_img,textvqa_val,mmbench_en_dev --batch_size 8 \\
     --output_path lmms-eval-results --log_samples
+```"""
+
+
+def _vllm_snippet(repo_id: str) -> str:
+    """vLLM (>= 0.32) through its Transformers backend: the OpenAI-compatible server and an offline `LLM`, with the
+    tokenization the model was trained with (the repo's tokenizer class) and its chat template."""
+    return f"""vLLM runs the model through its Transformers backend (the repo's own code, so `--trust-remote-code`);
+prompts are tokenized exactly as in training and a plain OpenAI chat request with an image works:
+
+```bash
+pip install "vllm>=0.32"
+python -m vllm.entrypoints.openai.api_server --model {repo_id} --model-impl transformers --trust-remote-code \\
+    --host 127.0.0.1 --port 8000
+```
+
+```python
+import base64
+from openai import OpenAI
+
+client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="EMPTY")
+image = "data:image/jpeg;base64," + base64.b64encode(open("example.jpg", "rb").read()).decode()
+messages = [{{"role": "user", "content": [
+    {{"type": "image_url", "image_url": {{"url": image}}}}, {{"type": "text", "text": "What is in this image?"}}]}}]
+answer = client.chat.completions.create(model="{repo_id}", messages=messages, temperature=0, max_tokens=128)
+print(answer.choices[0].message.content)
+# Self-questioning: the chat template's `generation_role` through vLLM's `chat_template_kwargs`.
+question = client.chat.completions.create(
+    model="{repo_id}", messages=messages, temperature=1.2, top_p=0.95, max_tokens=64,
+    extra_body={{"top_k": 300, "chat_template_kwargs": {{"generation_role": "vuser"}}}},
+)
+print(question.choices[0].message.content)
+```
+
+Offline, in a script (vLLM starts worker processes: keep the `__main__` guard):
+
+```python
+from PIL import Image
+from vllm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    llm = LLM(model="{repo_id}", model_impl="transformers", trust_remote_code=True)
+    messages = [{{"role": "user", "content": [
+        {{"type": "image_pil", "image_pil": Image.open("example.jpg")}},
+        {{"type": "text", "text": "What is in this image?"}}]}}]
+    output = llm.chat(messages, SamplingParams(temperature=0, max_tokens=128))
+    print(output[0].outputs[0].text)
 ```"""
 
 

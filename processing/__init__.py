@@ -1,4 +1,5 @@
-"""SQ-LLaVA processor and chat template (processing_sqllava.py and chat_template.jinja are shipped to the Hub)."""
+"""SQ-LLaVA processor, tokenizer and chat template (processing_sqllava.py, tokenization_sqllava.py and
+chat_template.jinja are shipped to the Hub)."""
 
 from .processing_sqllava import (
     CHAT_TEMPLATE,
@@ -11,6 +12,7 @@ from .processing_sqllava import (
     render_conversation,
     validate_messages,
 )
+from .tokenization_sqllava import SQLlavaTokenizer
 
 
 def _register() -> None:
@@ -35,6 +37,7 @@ __all__ = [
     "LLAVA_SYSTEM_PROMPT",
     "SQ_SYSTEM_PROMPT",
     "SQLlavaProcessor",
+    "SQLlavaTokenizer",
     "add_sqllava_special_tokens",
     "build_image_processor",
     "load_image_rgb",

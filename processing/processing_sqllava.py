@@ -7,36 +7,36 @@ the standard library, numpy, PIL, torch and transformers, never `modeling_sqllav
 Tokenizer fidelity (what the released weights were trained on)
 ----------------------------------------------------------------
 LLaVA/SQ-LLaVA built input ids with `tokenizer_image_token`: split the rendered prompt at `<image>`, tokenize every
-chunk on its own with the SLOW Llama SentencePiece tokenizer of transformers 4.31 (`legacy=True`), drop the BOS of
-every chunk after the first and put the image positions in between. That slow tokenizer splits each chunk at the
-special tokens (`</s>` ...) without stripping spaces around them and runs `sp_model.encode` on every text segment,
-and SentencePiece's `add_dummy_prefix` gives EVERY segment a leading `▁`. Checked against `sentencepiece` itself on
-the Llama-2 vocabulary (tests/test_processing.py), with SYS standing for the system prompt:
+chunk on its own with the SLOW Llama SentencePiece tokenizer of transformers 4.31, drop the BOS of every chunk after
+the first and put the image positions in between. That tokenizer's behaviour depends on the checkpoint's `legacy`
+flag (after `</s>`, `VUSER` is `▁V USER` with `legacy=True`, `V USER` with `legacy=False`), and today's fast
+tokenizers reproduce neither setting exactly. The processor therefore tokenizes with [`SQLlavaTokenizer`]
+(tokenization_sqllava.py, shipped next to this file and registered for `AutoTokenizer`), which reproduces 4.31 for
+the flag the checkpoint was saved with; a fast Llama tokenizer given to the processor is converted to it (keeping
+its flag), so vLLM, lmms-eval and any other client loading the folder's tokenizer get the same ids as the
+processor. `<image>` is an added special token after which the text is tokenized as the start of a chunk, so one
+pass over the whole prompt equals the chunk-by-chunk procedure; the image id is then expanded to `image_seq_length`
+copies. Checked against `sentencepiece` itself on the Llama-2 vocabulary for both flags (tests/test_processing.py,
+tests/test_tokenization.py), with SYS standing for the system prompt, `legacy=True`:
 
 - `"A cat.</s>VUSER: Is it black?</s> ASSISTANT: Yes.</s>"` ->
   `▁A ▁cat . </s> ▁V USER : ▁Is ▁it ▁black ? </s> ▁ ▁A SS IST ANT : ▁Yes . </s>`
   = `[319, 6635, 29889, 2, 478, 11889, 29901, 1317, 372, 4628, 29973, 2, 29871, 319, 1799, 9047, 13566, 29901,
-  3869, 29889, 2]`: `▁V` (478) after `</s>`, and `" ASSISTANT"` after `</s>` is `▁` (29871) + `▁A` (319).
+  3869, 29889, 2]`: `▁V` (478) after `</s>`, and `" ASSISTANT"` after `</s>` is `▁` (29871) + `▁A` (319);
+  `legacy=False` gives `V` (29963) instead of `▁V`, the rest is the same.
 - a chunk ending in a space ends with the lone `▁` token 29871 (`"SYS USER: "` -> `... ▁US ER : ▁`), and the
   chunk after `<image>` starts with it too (`"\\nWhat"` -> `▁ <0x0A> What`).
 
-Today's fast tokenizers do NOT reproduce this: transformers 5.x (Metaspace `prepend_scheme="first"`) gives `V`
-(29963) after `</s>` and drops the 29871 before `▁A`; only transformers 4.x `legacy=True` fast tokenizers match.
-So the processor never relies on the tokenizer's own pre-tokenization: it tokenizes with a private copy of the
-tokenizer's BPE model whose normalizer is the SentencePiece one (prepend `▁` to each segment between special tokens,
-spaces -> `▁`), which is exactly the legacy behaviour, on every transformers version. `<image>` is an added special
-token, so one pass over the whole prompt equals the chunk-by-chunk procedure; the image id is then expanded to
-`image_seq_length` copies.
+The chat template starts with the BOS token (`<s>`), as transformers' templates do; a prompt that starts with it
+is not given a second one (by this processor, by the tokenizer or by vLLM).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +48,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import AddedToken
 from transformers.utils import logging
+
+from .tokenization_sqllava import SQLlavaTokenizer, is_sqllava_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -81,6 +83,8 @@ _DECLARE_SUBPROCESSOR_CLASSES = version.parse(transformers.__version__).major < 
 # The same text as chat_template.jinja (a test checks they are identical). It is embedded because remote code is
 # loaded from a cache that holds only the .py files, and a processor built from components must carry it.
 CHAT_TEMPLATE = r"""{#- SQ-LLaVA chat template: the Vicuna-v1 prompt format of LLaVA-1.5 plus the self-questioning "vuser" role.
+Every prompt starts with the BOS token (bos_token, "<s>"), as transformers' templates do; the processor and the
+tokenizer add no second one. After it:
 chat mode:  SYSTEM + " " then "USER: " + q + " ", "ASSISTANT: " + a + "</s>", "VUSER: " + q + "</s>" + " ".
 plain mode: "<image>" + caption + "\n" (stage-1 alignment pre-training: no system prompt, no roles).
 Variables: add_generation_prompt, generation_role ("assistant" or "vuser"), system_prompt, mode ("chat" or "plain").
@@ -95,15 +99,19 @@ produce it (LLaVA's label arithmetic trains it too: a standalone "▁" token bef
 {%- if content is string -%}
 {{- content -}}
 {%- else -%}
-{%- set ns = namespace(text="") -%}
-{%- for part in content | selectattr("type", "equalto", "text") -%}{%- set ns.text = ns.text + ("" if loop.first else " ") + part["text"] -%}{%- endfor -%}
-{%- set images = content | selectattr("type", "equalto", "image") | list | length -%}
+{#- One loop straight over the parts: what vLLM recognises as an OpenAI-style (list of parts) template. -#}
+{%- set ns = namespace(text="", texts=0, images=0) -%}
+{%- for part in content -%}
+{%- if part["type"] == "text" -%}{%- set ns.text = ns.text + (" " if ns.texts > 0 else "") + part["text"] -%}{%- set ns.texts = ns.texts + 1 -%}
+{%- elif part["type"] == "image" -%}{%- set ns.images = ns.images + 1 -%}{%- endif -%}
+{%- endfor -%}
 {#- As LLaVA's preprocess_multimodal: "<image>\n" + text, stripped (an image alone is "<image>", no newline). -#}
-{%- if images > 0 -%}{{- ("<image>\n" * images + ns.text) | trim -}}{%- else -%}{{- ns.text -}}{%- endif -%}
+{%- if ns.images > 0 -%}{{- ("<image>\n" * ns.images + ns.text) | trim -}}{%- else -%}{{- ns.text -}}{%- endif -%}
 {%- endif -%}
 {%- endmacro -%}
 {%- if not messages -%}{{- raise_exception("The conversation is empty: pass at least one user message.") -}}{%- endif -%}
 {%- if gen_role not in ["assistant", "vuser"] -%}{{- raise_exception("generation_role must be 'assistant' or 'vuser', got '" + gen_role|string + "'.") -}}{%- endif -%}
+{%- if bos_token is defined and bos_token -%}{{- bos_token -}}{%- endif -%}
 {%- if render_mode == "plain" -%}
 {%- for message in messages -%}
 {%- if message["role"] == "user" -%}
@@ -167,7 +175,7 @@ _IMAGE_KWARGS = {
 }  # fmt: skip
 # Passed by `apply_chat_template` / pipelines on some transformers versions; they carry nothing for this processor.
 _IGNORED_KWARGS = {
-    "generation_role", "system_prompt", "mode", "return_text_replacement_offsets", "return_mm_token_type_ids",
+    "generation_role", "system_prompt", "mode", "return_mm_token_type_ids",
     "sanitize_control_tokens", "return_token_type_ids", "verbose", "return_length", "return_special_tokens_mask",
     "return_overflowing_tokens", "stride", "is_split_into_words", "continue_final_message", "add_generation_prompt",
     "return_assistant_tokens_mask", "tokenize", "return_dict", "tools", "documents", "chat_template",
@@ -624,11 +632,14 @@ def render_conversation(
     system_prompt: str | None = None,
     add_generation_prompt: bool = False,
     generation_role: str = "assistant",
+    bos_token: str | None = None,
 ) -> tuple[str, list[tuple[int, int, int]]]:
     """
     Render a conversation exactly like chat_template.jinja, returning the text and its trained character spans.
 
-    This is the fast path used for training (no jinja); tests check it against the template.
+    This is the fast path used for training (no jinja); tests check it against the template. `bos_token` is what
+    the template emits first (the tokenizer's BOS, which transformers passes to templates as `bos_token`); `None`
+    renders none, as the template does when `bos_token` is not defined.
 
     Returns:
         `tuple[str, list[tuple[int, int, int]]]`: the prompt and `(start, end, role)` spans, role 1 for an
@@ -648,6 +659,8 @@ def render_conversation(
         pieces.append(text)
         length += len(text)
 
+    if bos_token:
+        emit(bos_token)
     if mode == "plain":
         for message in messages:
             if message["role"] == "user":
@@ -684,43 +697,6 @@ def render_conversation(
     return "".join(pieces), spans
 
 
-def _spm_legacy_backend(tokenizer):
-    """
-    A private copy of a fast tokenizer's backend that tokenizes like the slow SentencePiece Llama tokenizer of
-    transformers 4.31 (see the module docstring): SentencePiece normalizer, no pre-tokenizer, no post-processor.
-    Tokenizers that are not SentencePiece-style BPE (no `▁` word marker) are used as they are, minus post-processing.
-    """
-    from tokenizers import Tokenizer
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ValueError(
-            f"SQLlavaProcessor needs a fast (`tokenizers`-backed) tokenizer, got {type(tokenizer).__name__}. Load it "
-            "with `AutoTokenizer.from_pretrained(..., use_fast=True)`."
-        )
-    spec = json.loads(backend.to_str())
-    model = spec.get("model", {})
-    sentencepiece_style = model.get("type") == "BPE" and "▁" in json.dumps(
-        [spec.get("normalizer"), spec.get("pre_tokenizer")], ensure_ascii=False
-    )
-    if sentencepiece_style:
-        spec["normalizer"] = {
-            "type": "Sequence",
-            "normalizers": [
-                {"type": "Prepend", "prepend": "▁"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-            ],
-        }
-        spec["pre_tokenizer"] = None
-    spec["post_processor"] = None
-    spec["truncation"] = None
-    spec["padding"] = None
-    return Tokenizer.from_str(json.dumps(spec))
-
-
-_BACKEND_CACHE: "weakref.WeakKeyDictionary[Any, tuple[int, Any]]" = weakref.WeakKeyDictionary()
-
-
 class SQLlavaProcessor(ProcessorMixin):
     r"""
     SQ-LLaVA processor: a LLaVA image processor (pad-to-square) and a Llama/Vicuna tokenizer, with the SQ-LLaVA
@@ -729,8 +705,11 @@ class SQLlavaProcessor(ProcessorMixin):
     Args:
         image_processor ([`LlavaImageProcessor`]):
             The image processor; `do_pad=True` gives LLaVA-1.5's pad-to-square (see [`build_image_processor`]).
-        tokenizer ([`LlamaTokenizerFast`]):
-            A fast Llama tokenizer that has the `<image>` token (see [`add_sqllava_special_tokens`]).
+        tokenizer ([`SQLlavaTokenizer`] or [`LlamaTokenizerFast`]):
+            The Llama/Vicuna tokenizer, with the `<image>` token (see [`add_sqllava_special_tokens`]). A fast
+            tokenizer is converted to [`SQLlavaTokenizer`] (same vocabulary, its `legacy` flag kept), which
+            reproduces the slow tokenizer of transformers 4.31 the model was trained with; `processor.tokenizer` is
+            that tokenizer and is what `save_pretrained` writes.
         chat_template (`str`, *optional*):
             A Jinja chat template; defaults to the SQ-LLaVA template (chat_template.jinja).
         image_seq_length (`int`, *optional*, defaults to 576):
@@ -783,10 +762,30 @@ class SQLlavaProcessor(ProcessorMixin):
                 f"The tokenizer has no {image_token!r} token: call `add_sqllava_special_tokens(tokenizer)` first "
                 "(and resize the model's embeddings)."
             )
+        if not is_sqllava_tokenizer(tokenizer):
+            tokenizer = SQLlavaTokenizer.from_tokenizer(tokenizer, image_token=image_token)
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # The image processor through AutoImageProcessor, the tokenizer always as this file's sibling
+        # SQLlavaTokenizer (never through AutoTokenizer): the package's own class then loads a folder without
+        # importing anything from it (recipes.loading relies on it), and a folder saved before the tokenizer class
+        # existed (a plain Llama tokenizer.json + tokenizer_config.json) loads with the same rule and its own
+        # `legacy` flag.
+        from transformers import AutoImageProcessor
+
+        # The image processor is transformers' own LLaVA one: never the folder's code, whatever the caller allowed.
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("processor_dict", "trust_remote_code")}
+        image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=False, **kwargs
+        )
+        kwargs.pop("use_fast", None)
+        tokenizer = SQLlavaTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [image_processor, tokenizer]
 
     @classmethod
     def from_tokenizer(
@@ -822,22 +821,9 @@ class SQLlavaProcessor(ProcessorMixin):
         )
 
     # ----------------------------------------------------------------------------------------------- tokenization
-    def _legacy_backend(self):
-        # Cached per tokenizer object outside the processor's __dict__ (which `to_dict` deep-copies), rebuilt when
-        # tokens were added since.
-        cached = _BACKEND_CACHE.get(self.tokenizer)
-        if cached is None or cached[0] != len(self.tokenizer):
-            cached = (len(self.tokenizer), _spm_legacy_backend(self.tokenizer))
-            _BACKEND_CACHE[self.tokenizer] = cached
-        return cached[1]
-
     def _encode_unexpanded(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list]:
-        """Token ids and character offsets of one prompt, one id per `<image>`."""
-        encoding = self._legacy_backend().encode(text, add_special_tokens=False)
-        bos = self.tokenizer.bos_token_id
-        if add_special_tokens and bos is not None:
-            return [bos] + encoding.ids, [(0, 0)] + encoding.offsets
-        return encoding.ids, encoding.offsets
+        """Token ids and character offsets of one prompt, one id per `<image>` (a leading `<s>` is the BOS)."""
+        return self.tokenizer.encode_with_offsets(text, add_special_tokens=add_special_tokens)
 
     def _expand_images(self, ids: list[int], *parallel: list) -> tuple[list, ...]:
         """Repeat every image id (and the matching entries of the `parallel` lists) `image_seq_length` times."""
@@ -890,7 +876,14 @@ class SQLlavaProcessor(ProcessorMixin):
         """
         if mode == "chat" and system_prompt is None:
             system_prompt = SQ_SYSTEM_PROMPT
-        text, spans = render_conversation(messages, mode, system_prompt, add_generation_prompt, generation_role)
+        text, spans = render_conversation(
+            messages, mode, system_prompt, add_generation_prompt, generation_role, bos_token=self.tokenizer.bos_token
+        )
+        ids, roles = self._ids_and_roles(text, spans)
+        return {"input_ids": ids, "token_roles": roles}
+
+    def _ids_and_roles(self, text: str, spans: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
+        """Expanded ids of a rendered prompt and the role of each token from the trained character `spans`."""
         ids, offsets = self._encode_unexpanded(text)
         roles = [ROLE_UNTRAINED] * len(ids)
         if spans:
@@ -907,8 +900,7 @@ class SQLlavaProcessor(ProcessorMixin):
                 span_start, _, role = spans[span_index]
                 if end > span_start and ids[i] != self.image_token_id:
                     roles[i] = role
-        ids, roles = self._expand_images(ids, roles)
-        return {"input_ids": ids, "token_roles": roles}
+        return self._expand_images(ids, roles)
 
     # -------------------------------------------------------------------------------------------------- __call__
     def __call__(self, images=None, text=None, audio=None, videos=None, **kwargs) -> BatchFeature:
@@ -921,16 +913,27 @@ class SQLlavaProcessor(ProcessorMixin):
             text (`str` or `list[str]`): prompts, e.g. from `apply_chat_template`.
             kwargs: tokenizer options (`padding`, `truncation`, `max_length`, `pad_to_multiple_of`,
                 `padding_side`, `return_attention_mask`, `return_offsets_mapping`, `add_special_tokens`),
-                `return_tensors`, and image processor options (also accepted as `text_kwargs=`/`images_kwargs=`).
+                `return_tensors`, image processor options (also accepted as `text_kwargs=`/`images_kwargs=`), and
+                `return_text_replacement_offsets=True` (what vLLM's Transformers backend asks for).
 
         Returns:
-            [`BatchFeature`]: `input_ids`, `attention_mask` and, with images, `pixel_values`.
+            [`BatchFeature`]: `input_ids`, `attention_mask` and, with images, `pixel_values`; with
+            `return_text_replacement_offsets=True` also `text_replacement_offsets`: per prompt, one dict per
+            `<image>` as transformers' `ProcessorMixin.get_text_with_replacements` describes it (`type`, `span` and
+            `text` of the placeholder, `replacement`: the `image_seq_length` image tokens it expands to, and
+            `new_span`, where the replacement lies in the expanded prompt).
         """
         if audio is not None or videos is not None:
             raise ValueError("SQLlavaProcessor handles images and text only; got `audio` or `videos`.")
         if images is None and text is None:
             raise ValueError("Pass `text` and/or `images` to SQLlavaProcessor.")
+        kwargs = dict(kwargs)
         limits = {name: kwargs.pop(key) for key, name in _IMAGE_LIMIT_KWARGS.items() if key in kwargs}
+        return_offsets = bool(kwargs.pop("return_text_replacement_offsets", False))
+        for nested in ("text_kwargs", "common_kwargs", "processor_kwargs"):
+            if isinstance(kwargs.get(nested), dict) and "return_text_replacement_offsets" in kwargs[nested]:
+                kwargs[nested] = dict(kwargs[nested])
+                return_offsets = bool(kwargs[nested].pop("return_text_replacement_offsets")) or return_offsets
         text_kwargs, image_kwargs = self._split_kwargs(kwargs)
         return_tensors = text_kwargs.pop("return_tensors", None)
 
@@ -954,7 +957,49 @@ class SQLlavaProcessor(ProcessorMixin):
             data.update(self._tokenize_batch(texts, **text_kwargs))
         if flat_images:
             data["pixel_values"] = self._preprocess_images(flat_images, return_tensors, image_kwargs, limits)
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        output = BatchFeature(data=data, tensor_type=return_tensors)
+        if return_offsets and text is not None:
+            # Set after the tensor conversion: a list of dicts is no tensor (4.57's BatchFeature cannot skip keys).
+            output["text_replacement_offsets"] = [self._replacement_offsets(t) for t in texts]
+        return output
+
+    def _replacement_offsets(self, text: str) -> list[dict[str, Any]]:
+        replacement = self.image_token * self.image_seq_length
+        offsets, shift = [], 0
+        for match in re.finditer(re.escape(self.image_token), text):
+            start, end = match.span()
+            new_start = start + shift
+            offsets.append(
+                {
+                    "type": "image",
+                    "span": (start, end),
+                    "new_span": (new_start, new_start + len(replacement)),
+                    "text": self.image_token,
+                    "replacement": replacement,
+                }
+            )
+            shift += len(replacement) - (end - start)
+        return offsets
+
+    def _get_num_multimodal_tokens(self, image_sizes: list | None = None, **kwargs):
+        """
+        How many placeholder tokens and how many rows of `pixel_values` each image takes, for engines that plan
+        memory before processing (vLLM): `image_seq_length` tokens and one row per image, whatever its size (every
+        image is padded to a square and resized to the tower's resolution).
+
+        Args:
+            image_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` of each image.
+            kwargs: processing options; none changes the counts.
+
+        Returns:
+            `MultiModalData` with `num_image_tokens` and `num_image_patches` (one entry per image).
+        """
+        from transformers.processing_utils import MultiModalData
+
+        if image_sizes is None:
+            return MultiModalData()
+        count = len(image_sizes)
+        return MultiModalData(num_image_tokens=[self.image_seq_length] * count, num_image_patches=[1] * count)
 
     def _preprocess_images(self, images: list, return_tensors, image_kwargs: dict, limits: dict):
         """Decode (`load_image_rgb`, with its size limits), pad to a square and resize at bounded cost
@@ -1075,7 +1120,53 @@ class SQLlavaProcessor(ProcessorMixin):
                 for messages in conversations
             ]
             conversation = conversations if batched else conversations[0]
-        return super().apply_chat_template(conversation, chat_template, **kwargs)
+        want_mask = bool(kwargs.get("tokenize")) and bool(kwargs.pop("return_assistant_tokens_mask", False))
+        if want_mask:
+            # transformers builds this mask from a fast tokenizer's offsets; the trained spans of this template are
+            # known exactly (`render_conversation`), so the mask is the processor's own training roles.
+            if not kwargs.get("return_dict"):
+                raise ValueError(
+                    "`return_assistant_tokens_mask=True` needs `return_dict=True` (it adds `assistant_masks`)."
+                )
+            if chat_template not in (None, self.chat_template):
+                raise ValueError(
+                    "`return_assistant_tokens_mask=True` works with the SQ-LLaVA template only; drop `chat_template=`."
+                )
+        output = super().apply_chat_template(conversation, chat_template, **kwargs)
+        if want_mask:
+            output["assistant_masks"] = self._assistant_masks(conversations, output["input_ids"], mode, kwargs)
+        return output
+
+    def _assistant_masks(self, conversations: list, input_ids, mode: str, kwargs: dict):
+        """1 for the tokens of the answers and vuser questions (generation blocks), per conversation, padded like
+        `input_ids`."""
+        rows = input_ids.tolist() if hasattr(input_ids, "tolist") else [list(row) for row in input_ids]
+        side = kwargs.get("padding_side") or self.tokenizer.padding_side
+        masks = []
+        for messages, row in zip(conversations, rows):
+            text, spans = render_conversation(
+                messages,
+                mode,
+                kwargs.get("system_prompt"),
+                bool(kwargs.get("add_generation_prompt")),
+                kwargs.get("generation_role") or "assistant",
+                bos_token=self.tokenizer.bos_token,
+            )
+            mask = [int(role != ROLE_UNTRAINED) for role in self._ids_and_roles(text, spans)[1]]
+            if len(mask) > len(row):
+                raise ValueError(
+                    f"The assistant mask has {len(mask)} tokens for a prompt of {len(row)}: do not truncate with "
+                    "`return_assistant_tokens_mask=True`."
+                )
+            padding = [0] * (len(row) - len(mask))
+            masks.append(padding + mask if side == "left" else mask + padding)
+        if type(input_ids).__module__.startswith("torch"):
+            import torch
+
+            return torch.tensor(masks, dtype=torch.long)
+        if isinstance(input_ids, np.ndarray):
+            return np.array(masks, dtype=np.int64)
+        return masks
 
     def post_process_generation(self, text: str | list[str]) -> str | list[str]:
         """

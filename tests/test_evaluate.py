@@ -77,19 +77,19 @@ class GenerateSpy:
 
 
 def test_build_prompt_is_llava_single_turn_with_short_answer_suffix(tiny_processor):
-    """The prompt is the LLaVA-1.5 system prompt + `USER: <image>\\n` question + suffix + ` ASSISTANT:`, suffix once."""
+    """The prompt is `<s>` + the LLaVA-1.5 system prompt + `USER: <image>\\n` question + suffix + ` ASSISTANT:`,
+    suffix once."""
     from processing import LLAVA_SYSTEM_PROMPT
     from recipes.evaluate import SHORT_ANSWER_SUFFIX, build_prompt
 
-    expected = f"{LLAVA_SYSTEM_PROMPT} USER: <image>\nWhat is red?\n{SHORT_ANSWER_SUFFIX} ASSISTANT:"
+    expected = f"<s>{LLAVA_SYSTEM_PROMPT} USER: <image>\nWhat is red?\n{SHORT_ANSWER_SUFFIX} ASSISTANT:"
     assert build_prompt(tiny_processor, "What is red?", answer_suffix=SHORT_ANSWER_SUFFIX) == expected
     # LLaVA's question files already end with the suffix (and some carry <image>): neither is doubled.
     already = f"<image>\nWhat is red?\n{SHORT_ANSWER_SUFFIX}"
     assert build_prompt(tiny_processor, already, answer_suffix=SHORT_ANSWER_SUFFIX) == expected
-    assert (
-        build_prompt(tiny_processor, "What is red?") == f"{LLAVA_SYSTEM_PROMPT} USER: <image>\nWhat is red? ASSISTANT:"
-    )
-    assert build_prompt(tiny_processor, "Hi?", has_image=False) == f"{LLAVA_SYSTEM_PROMPT} USER: Hi? ASSISTANT:"
+    plain = f"<s>{LLAVA_SYSTEM_PROMPT} USER: <image>\nWhat is red? ASSISTANT:"
+    assert build_prompt(tiny_processor, "What is red?") == plain
+    assert build_prompt(tiny_processor, "Hi?", has_image=False) == f"<s>{LLAVA_SYSTEM_PROMPT} USER: Hi? ASSISTANT:"
 
 
 def test_end_to_end_writes_llava_answers_with_left_padded_batches(loaded, shapes, tmp_path, monkeypatch):

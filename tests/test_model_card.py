@@ -120,3 +120,20 @@ def test_local_only_weights_claim_no_base_model(tmp_path):
     card = ModelCard.load(path)
     assert card.data.base_model is None and "base_model" not in str(card).split("\n---", 1)[0]
     assert "Base model(s): not recorded (local checkpoints)" in card.text
+
+
+def test_vllm_serving_commands_name_the_repo_and_are_valid_python():
+    import ast
+    import re
+
+    text = _card().text
+    assert "### Serve with vLLM" in text
+    server = re.search(r"python -m vllm\.entrypoints\.openai\.api_server[^\n]*\n[^\n]*", text).group(0)
+    assert "--model tester/sqllava-tiny" in server and "--model-impl transformers" in server
+    assert "--trust-remote-code" in server and "--host 127.0.0.1" in server
+    python_blocks = re.findall(r"```python\n(.*?)```", text.split("### Serve with vLLM")[1], flags=re.S)
+    assert len(python_blocks) == 2
+    for block in python_blocks:
+        ast.parse(block)  # the snippets a user copies are valid Python
+    assert '"chat_template_kwargs": {"generation_role": "vuser"}' in python_blocks[0]
+    assert 'LLM(model="tester/sqllava-tiny", model_impl="transformers", trust_remote_code=True)' in python_blocks[1]

@@ -18,7 +18,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import transformers
 
 from processing import (
     CHAT_TEMPLATE,
@@ -99,7 +98,8 @@ RENDER_CASES = {
 
 @pytest.mark.parametrize("messages, kwargs, expected", list(RENDER_CASES.values()), ids=list(RENDER_CASES))
 def test_rendered_prompts_are_exact(tiny_processor, messages, kwargs, expected):
-    assert render(tiny_processor, messages, **kwargs) == expected
+    # Every prompt opens with the BOS token, as transformers' templates do (the processor adds no second one).
+    assert render(tiny_processor, messages, **kwargs) == "<s>" + expected
     # The jinja-free renderer used for training gives the same string.
     text, _ = render_conversation(
         messages,
@@ -107,8 +107,10 @@ def test_rendered_prompts_are_exact(tiny_processor, messages, kwargs, expected):
         system_prompt=kwargs.get("system_prompt"),
         add_generation_prompt=kwargs.get("add_generation_prompt", False),
         generation_role=kwargs.get("generation_role", "assistant"),
+        bos_token="<s>",
     )
-    assert text == expected
+    assert text == "<s>" + expected
+    assert render_conversation(messages, **kwargs)[0] == expected  # no `bos_token`: none, like the template
 
 
 def test_list_content_renders_like_string_content(tiny_processor):
@@ -119,7 +121,7 @@ def test_list_content_renders_like_string_content(tiny_processor):
     ]
     strings = QA_VUSER[:3]
     assert render(tiny_processor, parts) == render(tiny_processor, strings)
-    assert render_conversation(parts)[0] == render(tiny_processor, strings)
+    assert render_conversation(parts, bos_token="<s>")[0] == render(tiny_processor, strings)
 
 
 def test_processor_built_from_components_carries_the_template(tiny_tokenizer):
@@ -190,6 +192,11 @@ def test_bad_generation_role_and_mode_raise(tiny_processor):
 
 @pytest.fixture(scope="module")
 def sentencepiece_llama():
+    return sentencepiece_from_gguf()
+
+
+def sentencepiece_from_gguf():
+    """`sentencepiece.SentencePieceProcessor` on the Llama-2 vocabulary fixture (skips the test when it is absent)."""
     if not (FIXTURES_DIR / LLAMA_GGUF).is_file():
         pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
     gguf = pytest.importorskip("gguf")
@@ -224,8 +231,10 @@ def sentencepiece_llama():
 
 
 def reference_llava_ids(prompt: str, sp, image_token_id: int, image_seq_length: int) -> list[int]:
-    """LLaVA's `tokenizer_image_token` on the 4.31 slow legacy Llama tokenizer, image positions expanded."""
+    """LLaVA's `tokenizer_image_token` on the 4.31 slow legacy Llama tokenizer, image positions expanded. A `<s>`
+    opening the prompt (the chat template's) stands for the BOS the tokenizer added: LLaVA's prompts had none."""
     specials = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    prompt = prompt[len("<s>") :] if prompt.startswith("<s>") else prompt
 
     def slow_tokenizer(chunk: str) -> list[int]:
         ids = [1]
@@ -347,8 +356,6 @@ def test_token_roles_equal_llava_label_masking_and_decode_to_the_spans(llama_pro
 
 @requires_llama_vocab
 def test_assistant_tokens_mask_from_generation_blocks(llama_processor):
-    if version_major() < 5:
-        pytest.skip("transformers 4.x's mask uses offset starts only; it drops tokens that begin with their space")
     image = PIL.Image.new("RGB", (8, 8))
     messages = [
         {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]},
@@ -361,9 +368,6 @@ def test_assistant_tokens_mask_from_generation_blocks(llama_processor):
     roles = llama_processor.tokenize_conversation(messages)["token_roles"]
     assert list(out["assistant_masks"][0]) == [int(r > 0) for r in roles]
 
-
-def version_major() -> int:
-    return int(transformers.__version__.split(".")[0])
 
 
 def test_tokenize_conversation_roles_on_the_tiny_tokenizer(tiny_processor):
@@ -496,6 +500,57 @@ def test_post_process_generation_strips_tags_and_eos(tiny_processor):
     assert clean("VUSER: What shape is it?</s>") == "What shape is it?"
     assert clean("A red square. USER: and more") == "A red square."
     assert clean(["Yes.</s><pad><pad>", "ASSISTANT: No."]) == ["Yes.", "No."]
+
+
+def test_multimodal_token_counts_for_engines(tiny_processor):
+    # vLLM plans memory from these: every image becomes image_seq_length tokens and one pixel_values row.
+    counts = tiny_processor._get_num_multimodal_tokens(image_sizes=[(30, 50), (1000, 20), (336, 336)])
+    assert counts["num_image_tokens"] == [16, 16, 16] and counts["num_image_patches"] == [1, 1, 1]
+    assert "num_image_tokens" in counts and "num_video_tokens" not in counts
+    assert "num_image_tokens" not in tiny_processor._get_num_multimodal_tokens()
+    images = [PIL.Image.new("RGB", size) for size in ((50, 30), (20, 1000))]
+    out = tiny_processor(text="<image><image>", images=images, return_tensors="pt")
+    assert out["pixel_values"].shape[0] == sum(counts["num_image_patches"][:2])
+    assert int((out["input_ids"] == tiny_processor.image_token_id).sum()) == sum(counts["num_image_tokens"][:2])
+
+
+def test_text_replacement_offsets_rebuild_the_processor_ids(tiny_processor):
+    # What vLLM's Transformers backend does: tokenize the prompt, then replace each `<image>` id by the ids of its
+    # `replacement` text. That must give the processor's own ids.
+    tokenizer = tiny_processor.tokenizer
+    prompts = [
+        tiny_processor.apply_chat_template(QA[:1], add_generation_prompt=True),
+        "<s>Two images: <image> and <image>\nWhich is red?",
+    ]
+    images = [[PIL.Image.new("RGB", (8, 8))], [PIL.Image.new("RGB", (8, 8))] * 2]
+    out = tiny_processor(text=prompts, images=images, return_text_replacement_offsets=True, return_tensors="pt",
+                         padding=True)  # fmt: skip
+    assert torch.is_tensor(out["input_ids"]) and torch.is_tensor(out["pixel_values"])
+    offsets = out["text_replacement_offsets"]
+    assert [len(sample) for sample in offsets] == [1, 2]
+    for prompt, sample, ids, mask in zip(prompts, offsets, out["input_ids"].tolist(), out["attention_mask"].tolist()):
+        expanded, previous = "", 0
+        for entry in sample:
+            start, end = entry["span"]
+            assert entry["type"] == "image" and prompt[start:end] == entry["text"] == "<image>"
+            assert entry["replacement"] == "<image>" * tiny_processor.image_seq_length
+            expanded += prompt[previous:start] + entry["replacement"]
+            previous = end
+            new_start, new_end = entry["new_span"]
+            assert expanded[new_start:new_end] == entry["replacement"]
+        expanded += prompt[previous:]
+        engine_ids = []
+        for token_id in tokenizer.encode(prompt):
+            if token_id == tiny_processor.image_token_id:
+                engine_ids += tokenizer.encode(sample[0]["replacement"], add_special_tokens=False)
+            else:
+                engine_ids.append(token_id)
+        real = [token_id for token_id, keep in zip(ids, mask) if keep]
+        assert engine_ids == real == tokenizer.encode(expanded)
+    # Asked for inside `text_kwargs` too (how transformers' processors receive it), and absent otherwise.
+    nested = tiny_processor(text=prompts[:1], images=images[:1], text_kwargs={"return_text_replacement_offsets": True})
+    assert nested["text_replacement_offsets"] == offsets[:1]
+    assert "text_replacement_offsets" not in tiny_processor(text=prompts[:1], images=images[:1])
 
 
 def test_decode_round_trips(tiny_processor):

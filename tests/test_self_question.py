@@ -100,10 +100,10 @@ def test_describe_then_ask_with_vuser_prompt_then_answer(model, tiny_processor, 
 
     # The exact texts: LLaVA system prompt to describe; SQ system prompt and the description to ask and answer.
     context = f"USER: <image>\nDescribe the image briefly. ASSISTANT: {result.description}</s>"
-    assert prompts[0] == [f"{LLAVA_SYSTEM_PROMPT} USER: <image>\nDescribe the image briefly. ASSISTANT:"]
-    assert prompts[1] == [f"{SQ_SYSTEM_PROMPT} {context}VUSER:"] * 3
+    assert prompts[0] == [f"<s>{LLAVA_SYSTEM_PROMPT} USER: <image>\nDescribe the image briefly. ASSISTANT:"]
+    assert prompts[1] == [f"<s>{SQ_SYSTEM_PROMPT} {context}VUSER:"] * 3
     assert prompts[2] == [
-        f"{SQ_SYSTEM_PROMPT} {context}VUSER: {qa['question']}</s> ASSISTANT:" for qa in result.questions
+        f"<s>{SQ_SYSTEM_PROMPT} {context}VUSER: {qa['question']}</s> ASSISTANT:" for qa in result.questions
     ]
 
 
