@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,11 @@ def test_stage2_and_export_run_no_folder_code(tmp_path, tiny_tokenizer, answer_y
     build_tiny_model(tiny_tokenizer).save_pretrained(stage1)
     build_tiny_processor(tiny_tokenizer).save_pretrained(stage1)
     _evil_tokenizer(stage1, marker)
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        build_stage2_model(ModelArguments(model_name_or_path=str(stage1), lora_r=4, lora_alpha=8))
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        export_model(base_model=str(stage1), output_dir=str(tmp_path / "out"), verify=False)
+    # The processor builds the package's own tokenizer class from the folder's vocabulary files, whatever class the
+    # folder's tokenizer_config names: the planted module is never imported.
+    _, processor = build_stage2_model(ModelArguments(model_name_or_path=str(stage1), lora_r=4, lora_alpha=8))
+    assert type(processor.tokenizer).__name__ == "SQLlavaTokenizer"
+    assert type(processor.tokenizer).__module__.startswith("processing.")
+    export_model(base_model=str(stage1), output_dir=str(tmp_path / "out"), verify=False)
     assert not marker.exists()
+    assert not any(name.startswith("transformers_modules") and "evil" in name for name in sys.modules)
