@@ -531,6 +531,9 @@ class SQLlavaTrainer(SFTTrainer):
         # Local sums since the last log, on the device (layout: `_SUM_INDEX`).
         self._sq_sums = {mode: torch.zeros(_NUM_SUMS, dtype=torch.float64) for mode in ("train", "eval")}
         self._sq_loss_kernel = self._resolve_loss_kernel()
+        self._sq_right_padded = (
+            isinstance(self.data_collator, SelfQuestioningCollator) and self.data_collator.padding_side == "right"
+        )
         if args.liger_kernels:
             from recipes.liger import add_liger_lm_head, apply_liger_to_language_model, check_liger_usable
 
@@ -626,6 +629,11 @@ class SQLlavaTrainer(SFTTrainer):
             self._sq_sample_ids.extend(inputs["sample_ids"])
         model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids")}
         model_inputs["use_cache"] = False
+        if self._sq_right_padded:
+            # Right padding needs no attention mask in a causal model: no real token can see the padding after it,
+            # and the padding's own positions are never labelled. Without a mask SDPA runs its causal kernel (flash
+            # attention on GPUs) instead of a masked one; loss and gradients are unchanged (tests/test_packing.py).
+            model_inputs.pop("attention_mask", None)
         if model_inputs.get("pixel_values") is not None:
             self._sq_step_saw_images = True
 

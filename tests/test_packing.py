@@ -1,4 +1,5 @@
-"""Padding-free (packed) batches: the loss and every gradient equal those of the padded batch.
+"""Padding-free (packed) batches, and right-padded batches without their attention mask: the loss and every gradient
+equal those of the padded, masked batch.
 
 A packed batch puts the samples of a batch one after the other in a single row, with `position_ids` restarting at 0
 at each sample and no `attention_mask` (TRL's `padding_free`). transformers then builds a block-diagonal causal mask
@@ -105,6 +106,11 @@ MODEL_LEVEL_CHECK = textwrap.dedent(
         # tensors whose exact gradient is 0, such as the key biases, which the softmax is invariant to).
         scale = max(g.abs().max().item() for g in grads_padded.values())
         grad_diff = max((grads_packed[n] - grads_padded[n]).abs().max().item() for n in grads_padded) / scale
+        # The right-padded batch without its attention mask (what SQLlavaTrainer feeds): causal attention alone keeps
+        # every real token away from the padding after it, and the padding is never labelled.
+        unmasked = {k: v for k, v in padded.items() if k != "attention_mask"}
+        loss_unmasked, grads_unmasked, _ = loss_and_grads(model, unmasked, padded_labels)
+        unmasked_diff = max((grads_unmasked[n] - grads_padded[n]).abs().max().item() for n in grads_padded) / scale
         # Control: with an all-ones attention mask the row is one long sequence, samples attend to each other.
         crossed = dict(packed, attention_mask=torch.ones_like(packed["input_ids"]))
         with torch.no_grad():
@@ -115,6 +121,8 @@ MODEL_LEVEL_CHECK = textwrap.dedent(
             "loss_rel_diff": abs((loss_packed - loss_padded) / loss_padded).item(),
             "max_grad_diff": grad_diff,
             "images_equal": bool(torch.equal(images_packed, images_padded)),
+            "unmasked_loss_rel_diff": abs((loss_unmasked - loss_padded) / loss_padded).item(),
+            "unmasked_max_grad_diff": unmasked_diff,
             "control_loss_rel_diff": abs((total / count - loss_padded) / loss_padded).item(),
         }
     """
@@ -131,6 +139,8 @@ def _check_result(result: dict, attn: str) -> None:
     assert result["loss_rel_diff"] < TOLERANCE[attn], result
     assert result["max_grad_diff"] < TOLERANCE[attn], result
     assert result["images_equal"], result
+    assert result["unmasked_loss_rel_diff"] < TOLERANCE[attn], result
+    assert result["unmasked_max_grad_diff"] < TOLERANCE[attn], result
     # The comparison can fail: the same row without the packed-sequence detection gives another loss.
     assert result["control_loss_rel_diff"] > 1e-4, result
 

@@ -136,11 +136,18 @@ def test_config_rejects_unusable_kernel_settings(tmp_path, overrides, match):
         make_args(tmp_path, **overrides)
 
 
-def test_real_liger_patches_the_inner_llama_modules(tiny_tokenizer):
-    """With liger-kernel importable (a GPU machine with the extra): RMSNorm / SwiGLU forwards of the inner Llama are
-    liger's, the vision tower's are not."""
+def test_real_liger_patches_the_inner_llama_modules(tiny_tokenizer, monkeypatch):
+    """With liger-kernel importable (it imports without a GPU when Triton is installed): RMSNorm / SwiGLU forwards of
+    the inner Llama are liger's, the vision tower's are not, and RoPE is liger's."""
     liger_transformers = pytest.importorskip("liger_kernel.transformers")
+    from transformers.models.llama import modeling_llama
+
     from recipes.liger import apply_liger_to_language_model
+
+    # liger installs RoPE and its classes on transformers' module for the whole process: restored after this test,
+    # or every later CPU test would call its Triton kernels.
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
 
     model = lora_model(tiny_tokenizer)
     apply_liger_to_language_model(model)
@@ -150,7 +157,8 @@ def test_real_liger_patches_the_inner_llama_modules(tiny_tokenizer):
         assert layer.input_layernorm.forward.__func__ is liger_transformers.LigerRMSNorm.forward
     assert language_model.norm.forward.__func__ is liger_transformers.LigerRMSNorm.forward
     vision_layer = model.get_base_model().model.vision_tower.encoder.layers[0]
-    assert "Liger" not in type(vision_layer.mlp).__name__ and not hasattr(vision_layer.mlp.forward, "__func__")
+    assert "forward" not in vars(vision_layer.mlp) and "forward" not in vars(vision_layer.layer_norm1)
+    assert modeling_llama.apply_rotary_pos_emb is liger_transformers.liger_rotary_pos_emb
 
 
 # ---- the loss kernels agree ----
