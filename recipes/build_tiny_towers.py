@@ -42,6 +42,21 @@ _KEEP = ("config.json", "model.safetensors", "preprocessor_config.json", "genera
          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # fmt: skip
 
 
+def to_portable_clip_layout(path: str) -> None:
+    """Rewrite a `CLIPVisionModel` checkpoint with the `vision_model.` key prefix, if it lacks it.
+
+    transformers 5.x saves `CLIPVisionModel` without that level and 4.57 cannot load such a file (it initialises
+    every weight at random, with only a warning); the prefixed layout, the one of the CLIP checkpoints on the Hub,
+    loads without missing or unexpected keys in both.
+    """
+    from safetensors.torch import load_file, save_file
+
+    state_dict = load_file(path)
+    if all(key.startswith("vision_model.") for key in state_dict):
+        return
+    save_file({f"vision_model.{key}": value for key, value in state_dict.items()}, path, metadata={"format": "pt"})
+
+
 def write_towers(output_dir: str, *, num_train: int, seed: int, lm_steps: int, num_eval: int = 100) -> dict:
     """Generate the shapes data in a temporary folder, build both towers on it, and write them + the manifest."""
     from recipes.synthetic import generate_shapes_dataset
@@ -62,6 +77,7 @@ def write_towers(output_dir: str, *, num_train: int, seed: int, lm_steps: int, n
             for name in sorted(os.listdir(source)):
                 if name in _KEEP:
                     shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+        to_portable_clip_layout(os.path.join(output_dir, os.path.basename(built["vision"]), "model.safetensors"))
     with open(os.path.join(output_dir, TOWERS_MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -419,3 +419,45 @@ def test_label_mask_of_the_liger_head_matches_the_shifted_labels(tiny_tokenizer,
     # Without the flag the model is unchanged (generation, the other loss paths).
     with torch.no_grad():
         assert torch.equal(model(**batch, use_cache=False).logits, logits)
+
+
+@pytest.mark.slow
+def test_shipped_towers_load_fully_under_both_transformers_versions(tmp_path):
+    """The shipped towers load with no missing or unexpected key, here and under the other transformers (5.x saves
+    CLIPVisionModel without the `vision_model.` level, which 4.57 would silently re-initialise), and give the same
+    vision features and LM logits in both."""
+    import os
+    import subprocess
+
+    from recipes.run_tiny import SHIPPED_TOWERS_DIR
+    from tests.conftest import REPO_ROOT, other_transformers_python
+
+    script = f"""
+import sys, torch
+from transformers import CLIPVisionModel, LlamaForCausalLM
+torch.manual_seed(0)
+pixels, ids = torch.randn(2, 3, 84, 84), torch.randint(3, 600, (2, 12))
+out = {{}}
+for name, cls in (("clip-vision", CLIPVisionModel), ("llama", LlamaForCausalLM)):
+    model, info = cls.from_pretrained("{SHIPPED_TOWERS_DIR}/" + name, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
+    with torch.no_grad():
+        out[name] = (model(pixel_values=pixels).last_hidden_state if name == "clip-vision"
+                     else model(input_ids=ids).logits)
+torch.save(out, sys.argv[1])
+"""
+    here = tmp_path / "here.pt"
+    subprocess.run([sys.executable, "-c", script, str(here)], check=True, cwd=tmp_path, timeout=300)
+    assert {"clip-vision", "llama"} == set(torch.load(here))
+    python = other_transformers_python()
+    if python is None:
+        pytest.skip("no other transformers environment; set SQLLAVA_OTHER_PYTHON to its python")
+    there = tmp_path / "there.pt"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [python, "-c", script, str(there)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, value in torch.load(here).items():
+        torch.testing.assert_close(torch.load(there)[name], value, rtol=1e-5, atol=1e-6, msg=name)
