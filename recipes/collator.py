@@ -1,8 +1,9 @@
-"""The self-questioning collator of SQ-LLaVA training: canonical records in, a padded training batch out.
+"""The self-questioning collator of SQ-LLaVA training: canonical records in, a padded (or packed) training batch out.
 
 [`SelfQuestioningCollator`] draws which user turns become `vuser` turns (the self-questioning objective, see
 [`vuser_draw`]), builds labels from the token roles of the rendered chat template
-(`SQLlavaProcessor.tokenize_conversation`), truncates without ever cutting an image, and opens images lazily. It needs
+(`SQLlavaProcessor.tokenize_conversation`), truncates without ever cutting an image, and opens images lazily. With
+`padding_free=True` it packs the batch into one row instead of padding it (TRL's `padding_free` semantics). It needs
 only numpy, torch, transformers and PIL: importing this module never imports TRL, so the collator also serves plain
 PyTorch loops and other trainers. The TRL side (config and trainer) lives in `recipes/trainer.py`.
 
@@ -86,6 +87,18 @@ class SelfQuestioningCollator:
     dropped becomes one row of `pad_to_multiple_of` (at least one) padding tokens with every label at -100: it
     contributes exactly zero to the loss and to the gradients, and keeps every rank stepping together under DDP.
 
+    With `padding_free=True` the kept samples are concatenated, in order, into a single row with no padding at all
+    (TRL's `padding_free`): `position_ids` restart at 0 at each sample and there is no `attention_mask`, which is how
+    transformers recognises packed sequences and keeps attention within each sample (SDPA and eager build a
+    block-diagonal causal mask from `position_ids`; flash-attention 2/3 run varlen on `cu_seq_lens_q/k` and
+    `max_length_q/k`, returned too so that they need no device-to-host sync). Each sample's first label is -100, so
+    no token is predicted across a boundary; `pixel_values` keep the order of the samples. The loss and every gradient
+    equal those of the padded batch (tests/test_packing.py). The model must run without a KV cache (`use_cache=False`,
+    as `SQLlavaTrainer` does): with a cache, transformers does not look for packed sequences. Attention cost: flash
+    varlen computes only the per-sample blocks, but SDPA and eager compute the whole `N x N` score matrix of the
+    packed row (N = the batch's total tokens), so on those the packed batch pays attention for `N^2` instead of
+    `B x longest^2`.
+
     Args:
         processor (`SQLlavaProcessor`):
             Provides `tokenize_conversation(messages, mode=, system_prompt=)`, `image_processor`, `tokenizer` (with a
@@ -119,6 +132,9 @@ class SelfQuestioningCollator:
             Images more elongated than this are dropped (`image_size_limit`); `None`: no limit.
         return_sample_ids (`bool`, *optional*, defaults to `False`):
             Add `sample_ids` (the ids of the kept records) to the batch, for auditing which rank trained on what.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Pack the batch into one row with `position_ids` instead of padding it (see above); `pad_to_multiple_of`
+            is then not applied and `padding_side` must be `"right"`.
 
     Example:
 
@@ -147,6 +163,7 @@ class SelfQuestioningCollator:
     report_skips: bool = False
     max_image_pixels: int | None = MAX_IMAGE_PIXELS
     max_image_aspect_ratio: float | None = MAX_IMAGE_ASPECT_RATIO
+    padding_free: bool = False
     epoch: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -160,6 +177,11 @@ class SelfQuestioningCollator:
             raise ValueError(f"`max_length` must be a positive int or None, got {self.max_length}.")
         if self.pad_to_multiple_of is not None and int(self.pad_to_multiple_of) < 1:
             raise ValueError(f"`pad_to_multiple_of` must be a positive int or None, got {self.pad_to_multiple_of}.")
+        if self.padding_free and self.padding_side != "right":
+            raise ValueError(
+                f"`padding_free=True` packs the batch into one row, which has no padding side; got "
+                f"padding_side={self.padding_side!r}. Use padding_side='right' (or padding_free=False)."
+            )
         if not hasattr(self.processor, "tokenize_conversation"):
             raise TypeError(
                 f"`processor` must be an `SQLlavaProcessor` (with `tokenize_conversation`), got "
@@ -305,6 +327,20 @@ class SelfQuestioningCollator:
         if not sequences:
             return self._empty_batch(len(records))
 
+        batch = self._pack(sequences) if self.padding_free else self._pad(sequences)
+        if batch_images:
+            # Through the processor: the bounded pad-and-resize, bit-identical to the image processor's own.
+            batch["pixel_values"] = self.processor(
+                images=batch_images,
+                return_tensors="pt",
+                max_image_pixels=self.max_image_pixels,
+                max_image_aspect_ratio=self.max_image_aspect_ratio,
+            )["pixel_values"]
+        if self.return_sample_ids:
+            batch["sample_ids"] = kept_ids
+        return batch
+
+    def _pad(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids, _ in sequences)
         multiple = self.pad_to_multiple_of or 1
         length = -(-longest // multiple) * multiple
@@ -320,23 +356,36 @@ class SelfQuestioningCollator:
             attention_mask[row, span] = 1
             labels[row, span] = np.where(roles_array != ROLE_UNTRAINED, ids_array, IGNORE_INDEX)
             question_mask[row, span] = roles_array == ROLE_QUESTION
-        batch = {
+        return {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
             "question_mask": torch.from_numpy(question_mask),
         }
-        if batch_images:
-            # Through the processor: the bounded pad-and-resize, bit-identical to the image processor's own.
-            batch["pixel_values"] = self.processor(
-                images=batch_images,
-                return_tensors="pt",
-                max_image_pixels=self.max_image_pixels,
-                max_image_aspect_ratio=self.max_image_aspect_ratio,
-            )["pixel_values"]
-        if self.return_sample_ids:
-            batch["sample_ids"] = kept_ids
-        return batch
+
+    def _pack(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
+        roles = np.concatenate([np.asarray(roles, dtype=np.int8) for _, roles in sequences])
+        lengths = np.asarray([len(sequence_ids) for sequence_ids, _ in sequences], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        position_ids = np.arange(len(ids), dtype=np.int64) - np.repeat(starts[:-1], lengths)
+        labels = np.where(roles != ROLE_UNTRAINED, ids, IGNORE_INDEX)
+        # The first token of a sample would be predicted from the previous sample's last token: never trained. (It is
+        # BOS, untrained anyway; this keeps the guarantee independent of the chat template.)
+        labels[starts[:-1]] = IGNORE_INDEX
+        cu_seq_lens = torch.from_numpy(starts.astype(np.int32))
+        max_length = int(lengths.max())
+        return {
+            "input_ids": torch.from_numpy(ids)[None],
+            "position_ids": torch.from_numpy(position_ids)[None],
+            "labels": torch.from_numpy(labels)[None],
+            "question_mask": torch.from_numpy(roles == ROLE_QUESTION)[None],
+            # Flash-attention varlen boundaries (transformers' FlashAttentionKwargs); SDPA and eager ignore them.
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens.clone(),
+            "max_length_q": max_length,
+            "max_length_k": max_length,
+        }
 
     def _empty_batch(self, num_records: int) -> dict[str, torch.Tensor]:
         logger.warning(

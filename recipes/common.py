@@ -57,11 +57,19 @@ class ModelArguments:
     vision_lora_alpha: int = field(default=64, metadata={"help": "ViT-LoRA alpha."})
     vision_lora_dropout: float = field(default=0.2, metadata={"help": "ViT-LoRA dropout."})
     vision_lora_target_modules: list[str] = field(default_factory=lambda: list(VIT_LORA_TARGETS))
+    # "auto": adapters in the weights' dtype, so bf16 in the bf16 recipes. PEFT's float32 default runs every LoRA layer
+    # on an upcast float32 copy of its input: at the 7B shape on an H200, bf16 adapters trained at 7,689 tokens/s
+    # against 5,782 with float32 ones (1.34x, checkpointing on; benchmarks/RESULTS.md, bench_train), and
+    # ../shared/PERFORMANCE.md measured 7,967 against 4,643 (dropout 0 vs 0.05). The price: AdamW then updates
+    # bf16 weights, whose rounding (8 significant bits) absorbs updates below about 1/256 of a weight's magnitude;
+    # at the recipes' learning rates (LLM-LoRA 2e-4, 7B lora_A entries about 1/64) an update is a few such units.
+    # tests/test_train_speed.py checks that tiny bf16 training curves match float32 adapters; `float32` restores
+    # PEFT's behaviour.
     lora_dtype: str = field(
-        default="float32",
+        default="auto",
         metadata={
-            "help": "'float32' keeps adapter weights in fp32 (PEFT's default, safest); 'auto' keeps them in the base "
-            "dtype, which ../shared/PERFORMANCE.md measured at 1.7x the throughput at 7B without autocast."
+            "help": "'auto' keeps adapter weights in the base weights' dtype (bf16 in the bf16 recipes: 1.34x the "
+            "throughput at 7B); 'float32' keeps them in fp32 (PEFT's default, slower without autocast)."
         },
     )
 

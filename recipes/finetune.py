@@ -65,6 +65,17 @@ def build_stage2_model(model_args: ModelArguments):
         dtype=model_args.torch_dtype(),
         attn_implementation=model_args.attn_implementation,
     )
+    return add_stage2_adapters(model, model_args), processor
+
+
+def add_stage2_adapters(model, model_args: ModelArguments):
+    """Freeze `model` and add stage 2's adapter: LLM-LoRA + ViT-LoRA, the projector trained in full.
+
+    With `lora_dtype="auto"` (the default) the adapter weights keep the model's dtype (bf16 in the 7B/13B recipes);
+    `"float32"` is PEFT's default (see `ModelArguments.lora_dtype` for the measured difference).
+    """
+    from peft import get_peft_model
+
     model.requires_grad_(False)
     lora_config = build_lora_config(model_args, modules_to_save=["multi_modal_projector"])
     if lora_config is None:
@@ -72,7 +83,7 @@ def build_stage2_model(model_args: ModelArguments):
     model = get_peft_model(model, lora_config, autocast_adapter_dtype=model_args.lora_dtype == "float32")
     if model_args.vision_lora_r > 0:
         apply_vision_lora_dropout(model, model_args.vision_lora_dropout)
-    return model, processor
+    return model
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args, export_args: ExportArguments) -> dict:

@@ -69,13 +69,18 @@ def tiny_model_config(
     )
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(vocab_size: int = 700):
     """A Llama-style tokenizer (`<unk>`=0, `<s>`=1, `</s>`=2, plus `<image>` and `<pad>`) trained offline on the
-    chat prompts and the synthetic shapes vocabulary, so the embedded default's sentences take few tokens."""
+    chat prompts and the synthetic shapes vocabulary, so the embedded default's sentences take few tokens.
+
+    Args:
+        vocab_size: base vocabulary (`<image>` and `<pad>` come on top). The tests use 700; the embedded default's
+            towers 1,024, at which the system prompts get whole-word pieces too (`recipes/run_tiny.py`).
+    """
     from processing.tiny_tokenizer import build_tiny_tokenizer as _build
     from recipes.synthetic import corpus_sentences
 
-    return _build(extra_corpus=corpus_sentences())
+    return _build(vocab_size=vocab_size, extra_corpus=corpus_sentences())
 
 
 def build_tiny_processor(tokenizer=None, *, image_size: int = TINY_VISION_CONFIG["image_size"]):

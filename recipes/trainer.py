@@ -1,11 +1,16 @@
 """The TRL side of SQ-LLaVA training: `SQLlavaSFTConfig` (a `trl.SFTConfig`) and `SQLlavaTrainer` (a `trl.SFTTrainer`).
 
 - `SQLlavaSFTConfig`: the self-questioning options and VLM defaults, validated on construction.
-- `SQLlavaTrainer`: builds the [`~recipes.collator.SelfQuestioningCollator`], re-draws the vuser turns every epoch,
-  logs `loss_answer` / `loss_question` / `question_token_fraction`, uses one learning rate per component (LLM,
-  projector, vision tower) and audits, at the first optimizer step, that every trainable parameter received a
-  gradient. It keeps one skip report for the whole run (`recipes/skip_report.py`) and writes checkpoints that are
-  complete or absent, with the run fingerprint a resume must match (`recipes/checkpoints.py`).
+- `SQLlavaTrainer`: builds the [`~recipes.collator.SelfQuestioningCollator`] (padded, or packed with
+  `padding_free=True`), re-draws the vuser turns every epoch, logs `loss_answer` / `loss_question` /
+  `question_token_fraction`, uses one learning rate per component (LLM, projector, vision tower) and audits, at the
+  first optimizer step, that every trainable parameter received a gradient. Its metrics stay on the device between
+  logging steps (no host sync in the training step), the loss runs on the kernel `loss_kernel` selects (full logits,
+  TRL's fused LM head, or liger's fused linear cross-entropy), `liger_kernels=True` puts liger's RMSNorm / SwiGLU /
+  RoPE on the inner Llama (`recipes/liger.py`), and `gradient_checkpointing_every_n_layers` checkpoints only every
+  n-th decoder layer of the language model. It keeps one skip report for the whole run
+  (`recipes/skip_report.py`) and writes checkpoints that are complete or absent, with the run fingerprint a resume
+  must match (`recipes/checkpoints.py`).
 
 The collator itself is in `recipes/collator.py`, which imports no TRL.
 
@@ -143,6 +148,8 @@ def find_parameters_without_gradient(
 
 # ---- TRL classes ----
 
+LOSS_KERNELS = ("auto", "logits", "trl", "liger")
+
 
 @dataclass
 class SQLlavaSFTConfig(SFTConfig):
@@ -173,6 +180,21 @@ class SQLlavaSFTConfig(SFTConfig):
             before it is decoded.
         activation_checkpointing (`bool`, *optional*): transformers 5's name of `gradient_checkpointing` (the
             recipes' YAML key), accepted on transformers 4.57 too; unset, TRL's default (on) applies.
+        padding_free (`bool`, defaults to `False`): TRL's option with TRL's meaning, here for image batches: the
+            collator packs each batch into one row with `position_ids` (see `SelfQuestioningCollator`). Pays off
+            with flash-attention (varlen); with SDPA/eager the packed row's attention is computed as one `N x N`
+            block.
+        loss_kernel (`str`, defaults to `"auto"`): how the per-token cross-entropy is computed: `"logits"` (full
+            logits, then log-softmax), `"trl"` (TRL's fused LM head: chunked, never builds `B x T x vocab` logits;
+            Triton on CUDA/XPU), `"liger"` (liger's fused linear cross-entropy, needs `liger_kernels`), or
+            `"auto"`: `"liger"` with `liger_kernels`, else `"trl"` on CUDA/XPU, else `"logits"` (on CPU, TRL's
+            torch fallback of the fused head is slower than full logits at small vocabularies).
+        liger_kernels (`bool`, defaults to `False`): liger-kernel's RMSNorm, SwiGLU and RoPE on the inner Llama
+            (`pip install "sqllava[liger]"`, CUDA only). Use this rather than TRL's `use_liger_kernel`, which patches
+            by `model_type` and does not know `sqllava`.
+        gradient_checkpointing_every_n_layers (`int`, defaults to 1): with `gradient_checkpointing`, checkpoint only
+            decoder layers 0, n, 2n, ... of the language model (the vision tower stays fully checkpointed); 1 is
+            every layer, transformers' default.
     """
 
     sq_ratio: float = field(
@@ -235,6 +257,22 @@ class SQLlavaSFTConfig(SFTConfig):
         activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
             default=None, metadata={"help": "Keyword arguments of activation checkpointing."}
         )
+    loss_kernel: str = field(
+        default="auto",
+        metadata={
+            "help": "Per-token cross-entropy: 'logits', 'trl' (TRL's fused LM head), 'liger', or 'auto' (liger with "
+            "liger_kernels, else trl on CUDA/XPU, else logits).",
+            "choices": list(LOSS_KERNELS),
+        },
+    )
+    liger_kernels: bool = field(
+        default=False,
+        metadata={"help": "liger-kernel RMSNorm/SwiGLU/RoPE on the inner Llama (CUDA; pip install 'sqllava[liger]')."},
+    )
+    gradient_checkpointing_every_n_layers: int = field(
+        default=1,
+        metadata={"help": "With gradient_checkpointing: checkpoint LLM decoder layers 0, n, 2n, ... only (1: all)."},
+    )
     # VLM defaults.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the `images` / `messages` columns the collator needs."}
@@ -282,10 +320,25 @@ class SQLlavaSFTConfig(SFTConfig):
                 f"`dataset_kwargs={self.dataset_kwargs!r}` would let TRL tokenize the dataset; the collator does "
                 "it on the fly. Set `dataset_kwargs={'skip_prepare_dataset': True}`."
             )
-        if self.packing or self.padding_free:
+        if self.packing:
             raise ValueError(
-                "`packing` / `padding_free` are not supported with images; set `packing=False` and "
-                "`padding_free=False`."
+                "`packing` (TRL's dataset packing) is not supported with images; set `packing=False`, and "
+                "`padding_free=True` to pack each batch into one row instead."
+            )
+        if self.loss_kernel not in LOSS_KERNELS:
+            raise ValueError(f"`loss_kernel` must be one of {LOSS_KERNELS}, got {self.loss_kernel!r}.")
+        if self.loss_kernel == "liger" and not self.liger_kernels:
+            raise ValueError("`loss_kernel='liger'` runs liger-kernel: set `liger_kernels=True` as well.")
+        if self.use_liger_kernel:
+            raise ValueError(
+                "`use_liger_kernel=True` patches models by model_type, and liger has no `sqllava`: nothing would be "
+                "replaced. Set `use_liger_kernel=False` and `liger_kernels=True`, which applies liger to the Llama "
+                "inside SQ-LLaVA."
+            )
+        every = self.gradient_checkpointing_every_n_layers
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(
+                f"`gradient_checkpointing_every_n_layers` must be an int >= 1 (1: every layer), got {every!r}."
             )
         if self.assistant_only_loss or self.completion_only_loss:
             raise ValueError(
@@ -394,6 +447,47 @@ class _TrainabilityAuditCallback(TrainerCallback):
         logger.warning(message)
 
 
+def select_checkpointed_layers(model: torch.nn.Module, every_n_layers: int) -> list[int]:
+    """Keep gradient checkpointing on decoder layers 0, n, 2n, ... of the language model only; returns those indices.
+
+    Called after transformers enabled checkpointing on every layer (`gradient_checkpointing_enable`), it turns it off
+    on the other decoder layers of the inner Llama, which then keep their activations: less recomputation for more
+    memory. The vision tower's layers are left as they are. transformers >= 5.x has an `every_n_layers` of its own,
+    but it counts the vision tower's layers too, and 4.57 has none.
+
+    Args:
+        model: the model being trained (PEFT-, DDP- or DeepSpeed-wrapped or not).
+        every_n_layers: n >= 1; 1 leaves every layer checkpointed.
+    """
+    from recipes.liger import language_model_of
+
+    layers = language_model_of(model).layers
+    kept = []
+    for index, layer in enumerate(layers):
+        if not hasattr(layer, "gradient_checkpointing"):
+            raise TypeError(f"Decoder layer {index} ({type(layer).__name__}) has no `gradient_checkpointing` flag.")
+        layer.gradient_checkpointing = layer.gradient_checkpointing and index % every_n_layers == 0
+        if layer.gradient_checkpointing:
+            kept.append(index)
+    return kept
+
+
+class _CheckpointEveryNLayersCallback(TrainerCallback):
+    """Applies `gradient_checkpointing_every_n_layers` once Trainer has enabled checkpointing (at train begin)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # One switch under two names (`_resolve_activation_checkpointing`): transformers 5 reads
+        # `activation_checkpointing`, 4.57 `gradient_checkpointing`.
+        checkpointing = getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+        if not checkpointing or args.gradient_checkpointing_every_n_layers == 1:
+            return
+        kept = select_checkpointed_layers(self.trainer.model_wrapped, args.gradient_checkpointing_every_n_layers)
+        logger.info("Gradient checkpointing on language-model decoder layers %s only.", kept)
+
+
 class SQLlavaTrainer(SFTTrainer):
     """`trl.SFTTrainer` for SQ-LLaVA's self-questioning objective.
 
@@ -403,7 +497,10 @@ class SQLlavaTrainer(SFTTrainer):
       accumulated batch across devices, as in TRL and transformers) or the batch's own count when it is not given,
       and `w_t` is `sq_loss_weight` on question tokens and 1 on answer tokens (so 1.0 is plain CE). Logs
       `loss_answer` and `loss_question` (token-mean CE over answer / question tokens since the last log, all
-      ranks and accumulation steps pooled) and `question_token_fraction`, next to TRL's own metrics.
+      ranks and accumulation steps pooled) and `question_token_fraction`, next to TRL's own metrics
+      (`mean_token_accuracy` and `entropy` pooled over the tokens since the last log, `num_tokens`). Every metric is
+      summed on the device and reduced once per logging step: the training step itself never waits for the device.
+    - The per-token CE comes from the kernel `args.loss_kernel` resolves to (see `SQLlavaSFTConfig`).
     - `create_optimizer`: groups for the LLM (`learning_rate`), `multi_modal_projector` (`projector_lr`) and
       `vision_tower` (`vision_lr`), weight decay where `get_decay_parameter_names` says, empty groups omitted.
     - Trainability audit at the first optimizer step (`args.audit_trainable`).
@@ -467,6 +564,7 @@ class SQLlavaTrainer(SFTTrainer):
                 report_skips=True,
                 max_image_pixels=args.max_image_pixels,
                 max_image_aspect_ratio=args.max_image_aspect_ratio,
+                padding_free=args.padding_free,
             )
         # Load-time skips (the same on every rank) and collate-time skips (reported in each batch, so the counts of
         # dataloader workers are not lost) make one report; `skip_stats` receives the complete one at the end.
@@ -488,16 +586,22 @@ class SQLlavaTrainer(SFTTrainer):
             callbacks.append(_CollatorEpochCallback(data_collator))
         self._sq_step_saw_images = False
         self._sq_sample_ids: list[str] = []
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            **kwargs,
-        )
+        # TRL refuses `padding_free` for vision datasets and custom collators because its own collators cannot pack
+        # images; the self-questioning collator does (above), so TRL is shown the option off while it initialises.
+        padding_free, args.padding_free = args.padding_free, False
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                **kwargs,
+            )
+        finally:
+            args.padding_free = padding_free
         if real_train is not None:
             self.train_dataset = real_train
         if real_eval is not None:
@@ -509,11 +613,35 @@ class SQLlavaTrainer(SFTTrainer):
         # the parameters for the gradients it did not get.
         self.add_callback(SkipReportCallback(self))
         self.add_callback(_TrainabilityAuditCallback(self))
-        # Local sums since the last log: [answer CE, answer tokens, question CE, question tokens].
-        self._sq_sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
+        self.add_callback(_CheckpointEveryNLayersCallback(self))
+        # Local sums since the last log, on the device (layout: `_SUM_INDEX`).
+        self._sq_sums = {mode: torch.zeros(_NUM_SUMS, dtype=torch.float64) for mode in ("train", "eval")}
+        self._sq_loss_kernel = self._resolve_loss_kernel()
+        self._sq_right_padded = (
+            isinstance(self.data_collator, SelfQuestioningCollator) and self.data_collator.padding_side == "right"
+        )
+        if args.liger_kernels:
+            from recipes.liger import add_liger_lm_head, apply_liger_to_language_model, check_liger_usable
+
+            check_liger_usable(args.device)
+            apply_liger_to_language_model(self.model)
+            add_liger_lm_head(self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model)
+        logger.info("Per-token cross-entropy: %s (loss_kernel=%r).", self._sq_loss_kernel, args.loss_kernel)
+
+    def _resolve_loss_kernel(self) -> str:
         from trl.trainer import utils as trl_utils
 
-        self._sq_fused = hasattr(trl_utils, "add_fused_lm_head")
+        kernel = self.args.loss_kernel
+        has_trl_head = hasattr(trl_utils, "add_fused_lm_head")
+        if kernel == "auto":
+            if self.args.liger_kernels:
+                return "liger"
+            # TRL's fused head runs Triton tiles on CUDA/XPU; elsewhere its torch fallback is slower than the plain
+            # logits at small vocabularies (the embedded default on a CPU: recipes/run_tiny.py).
+            return "trl" if has_trl_head and self.args.device.type in ("cuda", "xpu") else "logits"
+        if kernel == "trl" and not has_trl_head:
+            raise ValueError("`loss_kernel='trl'` needs a TRL with `add_fused_lm_head` (trl>=1.0); use 'logits'.")
+        return kernel
 
     # ---- data ----
 
@@ -673,18 +801,34 @@ class SQLlavaTrainer(SFTTrainer):
     # ---- loss ----
 
     def _per_token_ce(self, model, inputs):
-        """Per-token CE of the next-token labels `(B, T-1)` (0 where ignored), the label mask and the outputs."""
-        if self._sq_fused:
-            outputs = model(**inputs, fused_lm_head=True)
-            return -outputs.log_probs, outputs.label_mask, outputs
-        # TRL without the fused LM head: CE from the full logits.
-        labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        shift_labels = labels[:, 1:]
+        """Per-token CE of the next-token labels `(B, T-1)` (0 where ignored), the label mask, and the per-token
+        entropy and top-1 hits for the metrics (None where the kernel does not give them)."""
+        if self._sq_loss_kernel in ("trl", "liger"):
+            flag = "fused_lm_head" if self._sq_loss_kernel == "trl" else "liger_lm_head"
+            outputs = model(**inputs, **{flag: True})
+            return -outputs.log_probs, outputs.label_mask, outputs.entropy, outputs.is_top1
+        # CE from the logits, built only at the positions whose next token is labelled in some row: the system
+        # prompt, the images and the user turns never are, so the LM head and the softmax skip most of each sequence.
+        # (`nonzero` waits for the device, which is why "auto" picks the fused heads on accelerators.)
+        shift_labels = inputs["labels"][:, 1:]
         mask = shift_labels != IGNORE_INDEX
-        log_probs = torch.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
-        ce = -log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return ce.masked_fill(~mask, 0.0), mask, outputs
+        positions = mask.any(0).nonzero().squeeze(-1)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**model_inputs, logits_to_keep=positions)
+        logits = outputs.logits
+        # Half-precision logits are upcast; float32 / float64 stay as they are (the float64 tests compare exactly).
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        log_probs = torch.log_softmax(logits, dim=-1)  # (B, positions, vocab)
+        targets = shift_labels[:, positions]
+        kept_ce = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        ce = kept_ce.new_zeros(mask.shape)
+        ce[:, positions] = kept_ce
+        with torch.no_grad():
+            entropy = ce.new_zeros(mask.shape)
+            entropy[:, positions] = -(log_probs.exp() * log_probs).sum(-1)
+            is_top1 = torch.zeros_like(mask)
+            is_top1[:, positions] = log_probs.argmax(-1) == targets
+        return ce.masked_fill(~mask, 0.0), mask, entropy, is_top1
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -693,10 +837,15 @@ class SQLlavaTrainer(SFTTrainer):
             self._sq_sample_ids.extend(inputs["sample_ids"])
         model_inputs = {k: v for k, v in inputs.items() if k not in ("question_mask", "sample_ids", "skip_report")}
         model_inputs["use_cache"] = False
+        if self._sq_right_padded:
+            # Right padding needs no attention mask in a causal model: no real token can see the padding after it,
+            # and the padding's own positions are never labelled. Without a mask SDPA runs its causal kernel (flash
+            # attention on GPUs) instead of a masked one; loss and gradients are unchanged (tests/test_packing.py).
+            model_inputs.pop("attention_mask", None)
         if model_inputs.get("pixel_values") is not None:
             self._sq_step_saw_images = True
 
-        per_token_ce, label_mask, outputs = self._per_token_ce(model, model_inputs)
+        per_token_ce, label_mask, entropy, is_top1 = self._per_token_ce(model, model_inputs)
         if question_mask is None:
             is_question = torch.zeros_like(label_mask)
         else:
@@ -713,18 +862,7 @@ class SQLlavaTrainer(SFTTrainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
         with torch.no_grad():
-            ce = per_token_ce.detach().double()
-            is_answer = label_mask & ~is_question
-            sums = torch.stack(
-                [
-                    (ce * is_answer).sum(),
-                    is_answer.sum().double(),
-                    (ce * is_question).sum(),
-                    is_question.sum().double(),
-                ]
-            )
-            self._sq_sums[mode] = self._sq_sums[mode].to(sums.device) + sums
-        self._record_trl_metrics(mode, inputs, outputs, label_mask)
+            self._accumulate_metrics(mode, inputs, per_token_ce, label_mask, is_question, entropy, is_top1)
 
         if return_outputs:
             with torch.no_grad():
@@ -732,35 +870,57 @@ class SQLlavaTrainer(SFTTrainer):
             return loss, outputs
         return loss
 
-    def _record_trl_metrics(self, mode, inputs, outputs, label_mask):
-        """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as `SFTTrainer.compute_loss` logs them."""
-        num_valid = self.accelerator.gather_for_metrics(label_mask.sum()).sum()
-        if getattr(outputs, "entropy", None) is not None:
-            entropy_sum = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
-            self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
-        if getattr(outputs, "is_top1", None) is not None:
-            num_correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
-            accuracy = (num_correct / num_valid).item() if num_valid > 0 else 0.0
-            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
-        if mode == "train":
-            attended = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += attended // self._tp_size
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+    def _accumulate_metrics(self, mode, inputs, per_token_ce, label_mask, is_question, entropy, is_top1):
+        """Add this micro-batch's metric sums to the device buffer: no `.item()`, no collective, so no host sync.
+
+        TRL's `SFTTrainer.compute_loss` gathers and `.item()`s its metrics at every step, which stalls the device
+        once per micro-batch; here they are reduced in `log` (see `_SUM_INDEX` for the layout).
+        """
+        ce = per_token_ce.detach().double()
+        is_answer = label_mask & ~is_question
+        zero = ce.new_zeros(())
+        if "attention_mask" in inputs:
+            attended = inputs["attention_mask"].sum()
+        else:  # packed (padding-free) batches have no padding at all
+            attended = torch.tensor(inputs["input_ids"].numel(), device=ce.device)
+        sums = torch.stack(
+            [
+                (ce * is_answer).sum(),
+                is_answer.sum().double(),
+                (ce * is_question).sum(),
+                is_question.sum().double(),
+                zero if entropy is None else (entropy.detach().double() * label_mask).sum(),
+                zero if entropy is None else label_mask.sum().double(),
+                zero if is_top1 is None else (is_top1.bool() & label_mask).sum().double(),
+                zero if is_top1 is None else label_mask.sum().double(),
+                attended.to(ce.device).double() if mode == "train" else zero,
+            ]
+        )
+        self._sq_sums[mode] = self._sq_sums[mode].to(sums.device) + sums
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         # Every rank calls `log`, so the sums are reduced here once per logging step rather than at every step.
         sums = self._sq_sums[mode].to(self.accelerator.device)
         sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
-        answer_ce, answer_tokens, question_ce, question_tokens = sums.tolist()
-        self._sq_sums[mode] = torch.zeros(4, dtype=torch.float64)
+        values = dict(zip(_SUM_INDEX, sums.tolist()))
+        self._sq_sums[mode] = torch.zeros(_NUM_SUMS, dtype=torch.float64)
+        answer_tokens, question_tokens = values["answer_tokens"], values["question_tokens"]
+        prefix = "eval_" if mode == "eval" else ""
         if answer_tokens + question_tokens > 0:
-            prefix = "eval_" if mode == "eval" else ""
             if answer_tokens > 0:
-                logs[f"{prefix}loss_answer"] = answer_ce / answer_tokens
+                logs[f"{prefix}loss_answer"] = values["answer_ce"] / answer_tokens
             if question_tokens > 0:
-                logs[f"{prefix}loss_question"] = question_ce / question_tokens
+                logs[f"{prefix}loss_question"] = values["question_ce"] / question_tokens
             logs[f"{prefix}question_token_fraction"] = question_tokens / (answer_tokens + question_tokens)
+        # TRL's metrics, from the pooled sums (SFTTrainer.log averages whatever `_metrics` holds, then clears it).
+        if values["entropy_tokens"] > 0:
+            self._metrics[mode]["entropy"] = [values["entropy"] / values["entropy_tokens"]]
+        if values["top1_tokens"] > 0:
+            self._metrics[mode]["mean_token_accuracy"] = [values["top1"] / values["top1_tokens"]]
+        if mode == "train":
+            self._total_train_tokens += int(values["attended_tokens"]) // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         super().log(logs, start_time)
 
     # ---- optimizer ----
@@ -801,6 +961,20 @@ class SQLlavaTrainer(SFTTrainer):
             )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+
+_SUM_INDEX = (
+    "answer_ce",
+    "answer_tokens",
+    "question_ce",
+    "question_tokens",
+    "entropy",
+    "entropy_tokens",
+    "top1",
+    "top1_tokens",
+    "attended_tokens",
+)
+_NUM_SUMS = len(_SUM_INDEX)
 
 
 def _as_trl_dataset(dataset):
