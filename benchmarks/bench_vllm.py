@@ -194,7 +194,9 @@ def sync(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
     parser.add_argument("--folder", default=None, help="Benchmark this exported folder instead of a random one.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

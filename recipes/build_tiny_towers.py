@@ -86,7 +86,7 @@ def write_towers(output_dir: str, *, num_train: int, seed: int, lm_steps: int, n
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output", default=SHIPPED_TOWERS_DIR, help="folder to write (default: the shipped one)")
     # The defaults of `python -m recipes.run_tiny`: the towers are only used by a run with the same values.
     parser.add_argument("--num-train", type=int, default=3000)

@@ -55,7 +55,6 @@ def build_stage2_model(model_args: ModelArguments):
     """The stage-1 model with one LoRA adapter on both towers; the projector trains in full (modules_to_save)."""
     from modeling_sqllava import SQLlavaForConditionalGeneration
     from processing import SQLlavaProcessor
-    from recipes.common import get_peft_model
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required in stage 2: the folder written by recipes/pretrain.py.")
@@ -74,7 +73,7 @@ def add_stage2_adapters(model, model_args: ModelArguments):
     With `lora_dtype="auto"` (the default) the adapter weights keep the model's dtype (bf16 in the 7B/13B recipes);
     `"float32"` is PEFT's default (see `ModelArguments.lora_dtype` for the measured difference).
     """
-    from peft import get_peft_model
+    from recipes.common import get_peft_model
 
     model.requires_grad_(False)
     lora_config = build_lora_config(model_args, modules_to_save=["multi_modal_projector"])
