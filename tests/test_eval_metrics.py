@@ -19,7 +19,7 @@ import pytest
 
 evaluate = pytest.importorskip("evaluate")
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "eval" / "metrics"
 METRIC_NAMES = ("vqa_accuracy", "pope", "exact_match", "multiple_choice", "cider")
 
 
