@@ -22,7 +22,9 @@ import pytest
 evaluate = pytest.importorskip("evaluate")
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "eval" / "metrics"
-METRIC_NAMES = ("vqav2", "vizwiz", "textvqa", "gqa", "pope", "exact_match", "multiple_choice", "cider")
+METRIC_NAMES = (
+    "vqav2", "vizwiz", "textvqa", "gqa", "pope", "scienceqa", "mmbench", "exact_match", "multiple_choice", "cider",
+)  # fmt: skip
 LLAVA_MIRROR = Path("/work/.mirror/haotian-liu+LLaVA/repo")
 
 
@@ -44,6 +46,8 @@ vizwiz = _fixture("vizwiz")
 textvqa = _fixture("textvqa")
 gqa = _fixture("gqa")
 pope = _fixture("pope")
+scienceqa = _fixture("scienceqa")
+mmbench = _fixture("mmbench")
 exact_match = _fixture("exact_match")
 multiple_choice = _fixture("multiple_choice")
 cider = _fixture("cider")
@@ -308,72 +312,315 @@ def test_gqa_conversion_and_exact_match(gqa):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# POPE
+# POPE: eval_pope.py parsing and numbers, per split
 
 
 @pytest.mark.parametrize(
     "answer, parsed",
     [
         ("Yes, there is a dog in the image.", "yes"),
-        ("No, there is no cat in the image.", "no"),
+        ("No, there is no cat in the image.", "no"),  # "No" after the comma is deleted -> word "No"
         ("No.", "no"),
         ("There is not a cat.", "no"),
-        ("Yes. No other animal is visible.", "yes"),  # only the first sentence counts
+        ("Yes. No other animal is visible.", "yes"),  # only the text before the first "." counts
         ("no", "no"),
-        ("NO", "yes"),  # LLaVA's rule looks for the exact words "No", "no", "not"
+        ("NO", "yes"),  # the words must be exactly "No", "no" or "not"
         ("Nope", "yes"),
+        ("No,there is none", "yes"),  # "," deleted -> "Nothere": no such word
         ("", "yes"),
     ],
 )
-def test_pope_parsing_follows_llava(pope, answer, parsed):
+def test_pope_parsing_follows_eval_pope(pope, answer, parsed):
     _, module = pope
     assert module.parse_yes_no(answer) == parsed
 
 
-def test_pope_confusion_matrix_by_hand(pope):
+def test_pope_scores_each_split_and_averages_f1(pope):
     metric, _ = pope
-    # Labels "yes": read yes, yes, yes, no, no -> TP TP TP FN FN. Labels "no": yes, no, no, no, no -> FP TN TN TN TN.
-    predictions = ["Yes.", "Yes, it is.", "yes", "No.", "No, there is not."]
-    predictions += ["Yes.", "No.", "no", "There is no car.", "No"]
-    references = ["yes"] * 5 + ["no"] * 5
-    result = metric.compute(predictions=predictions, references=references)
-    # TP=3 FP=1 TN=4 FN=2: accuracy 7/10, precision 3/4, recall 3/5, F1 = 2*(3/4)(3/5)/(3/4+3/5) = 0.9/1.35 = 2/3,
-    # yes-ratio = 4/10.
-    assert (result["tp"], result["fp"], result["tn"], result["fn"]) == (3, 1, 4, 2)
-    assert result["accuracy"] == pytest.approx(0.7)
-    assert result["precision"] == pytest.approx(0.75)
-    assert result["recall"] == pytest.approx(0.6)
-    assert result["f1"] == pytest.approx(2 / 3)
-    assert result["yes_ratio"] == pytest.approx(0.4)
+    # random: labels yes x5 read yes, yes, yes, no, no -> TP 3 FN 2; labels no x5 read yes, no x4 -> FP 1 TN 4.
+    #   accuracy 7/10, precision 3/4, recall 3/5, F1 = 2 (3/4)(3/5) / (3/4 + 3/5) = 0.9 / 1.35 = 2/3, yes-ratio 4/10.
+    random_answers = ["Yes.", "Yes, it is.", "yes", "No.", "No, there is not."]
+    random_answers += ["Yes.", "No.", "no", "There is no car.", "No"]
+    random_labels = ["yes"] * 5 + ["no"] * 5
+    # popular: TP 1, FP 1 -> precision 1/2, recall 1/1, F1 = 2 (1/2)(1) / (3/2) = 2/3; accuracy 1/2; yes-ratio 1.
+    popular_answers, popular_labels = ["Yes", "Yes"], ["yes", "no"]
+    result = metric.compute(
+        predictions=random_answers + popular_answers,
+        references=random_labels + popular_labels,
+        splits=["random"] * 10 + ["popular"] * 2,
+    )
+    assert result["counts"] == {
+        "random": {"tp": 3, "fp": 1, "tn": 4, "fn": 2},
+        "popular": {"tp": 1, "fp": 1, "tn": 0, "fn": 0},
+    }
+    expected = {
+        "accuracy_random": 0.7, "precision_random": 0.75, "recall_random": 0.6, "f1_random": 2 / 3,
+        "yes_ratio_random": 0.4, "accuracy_popular": 0.5, "precision_popular": 0.5, "recall_popular": 1.0,
+        "f1_popular": 2 / 3, "yes_ratio_popular": 1.0,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-15), key
+    assert result["f1"] == pytest.approx(2 / 3, abs=1e-15)  # mean of the two split F1s
+    assert result["per_question"] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert result["notes"] == []
 
 
-def test_pope_all_no_has_zero_precision_and_bad_labels_raise(pope):
+def test_pope_split_without_a_yes_answer_gets_defined_zeros(pope):
     metric, _ = pope
-    result = metric.compute(predictions=["No", "no"], references=["yes", "no"])
-    assert (result["precision"], result["recall"], result["f1"], result["yes_ratio"]) == (0.0, 0.0, 0.0, 0.0)
-    assert result["accuracy"] == 0.5
-    with pytest.raises(ValueError, match="references\\[1\\]"):
-        metric.compute(predictions=["yes", "yes"], references=["yes", "maybe"])
+    # adversarial: every answer reads "no": TP = FP = 0, so eval_pope.py's TP / (TP + FP) raises ZeroDivisionError.
+    # Defined here: precision 0.0; recall = 0 / 1 = 0.0; F1 (P + R = 0) 0.0; accuracy 1/2 (the "no" label is right).
+    result = metric.compute(
+        predictions=["No", "no", "Yes"], references=["yes", "no", "yes"], splits=["adversarial"] * 2 + ["random"]
+    )
+    assert (result["precision_adversarial"], result["recall_adversarial"], result["f1_adversarial"]) == (0.0, 0.0, 0.0)
+    assert result["accuracy_adversarial"] == 0.5 and result["yes_ratio_adversarial"] == 0.0
+    assert result["f1_random"] == 1.0 and result["f1"] == 0.5
+    assert len(result["notes"]) == 2 and all(note.startswith("adversarial:") for note in result["notes"])
+    assert all(not math.isnan(value) for value in result.values() if isinstance(value, float))
+    with pytest.raises(ValueError, match=r"references\[1\]"):
+        metric.compute(predictions=["yes", "yes"], references=["yes", "Yes"])
+    with pytest.raises(ValueError, match="splits has 1 entries"):
+        metric.compute(predictions=["yes", "yes"], references=["yes", "no"], splits=["random"])
+
+
+@pytest.mark.skipif(not LLAVA_MIRROR.is_dir(), reason="LLaVA's source mirror is not on this machine")
+def test_pope_agrees_with_llavas_eval_pope_in_a_subprocess(pope, tmp_path):
+    """Extra cross-check: LLaVA's eval_pope.py (from the mirror, never copied) on a synthetic POPE layout."""
+    metric, _ = pope
+    script = _mirror_file(LLAVA_MIRROR, "llava/eval/eval_pope.py", tmp_path)
+    answers = ["Yes.", "No, not at all.", "There is a cat", "Yes", "NO", "Yes, there is.", "I do not think so", "No"]
+    labels = ["yes", "no", "no", "yes", "no", "yes", "no", "yes"]
+    splits = ["adversarial", "adversarial", "adversarial", "popular", "popular", "random", "random", "random"]
+    (tmp_path / "coco").mkdir()
+    for split in ("adversarial", "popular", "random"):
+        rows = [label for label, name in zip(labels, splits) if name == split]
+        _write_jsonl(tmp_path / "coco" / f"coco_pope_{split}.json", [{"label": label} for label in rows])
+    _write_jsonl(tmp_path / "questions.jsonl", [{"question_id": i, "category": s} for i, s in enumerate(splits)])
+    _write_jsonl(tmp_path / "answers.jsonl", [{"question_id": i, "text": a} for i, a in enumerate(answers)])
+    done = subprocess.run(
+        [sys.executable, str(script), "--annotation-dir", str(tmp_path / "coco"), "--question-file",
+         str(tmp_path / "questions.jsonl"), "--result-file", str(tmp_path / "answers.jsonl")],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(done.stderr[-2000:])
+    official = {}
+    for block in done.stdout.split("Category: ")[1:]:
+        split = block.split(",")[0]
+        last = [line for line in block.splitlines() if line.count(",") == 4][-1]
+        official[split] = [float(x) for x in last.split(",")]  # f1, acc, precision, recall, yes_ratio (%.3f)
+    ours = metric.compute(predictions=answers, references=labels, splits=splits)
+    assert set(official) == {"adversarial", "popular", "random"}
+    for split, (f1, acc, precision, recall, yes_ratio) in official.items():
+        assert round(ours[f"f1_{split}"], 3) == f1 and round(ours[f"accuracy_{split}"], 3) == acc
+        assert round(ours[f"precision_{split}"], 3) == precision and round(ours[f"recall_{split}"], 3) == recall
+        assert round(ours[f"yes_ratio_{split}"], 3) == yes_ratio
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exact match
+# ScienceQA: eval_science_qa.py letter parsing and FAILED
+
+
+@pytest.mark.parametrize(
+    "answer, parsed",
+    [
+        ("C", "C"),  # one of A-E
+        ("A. a cat", "A"),  # a letter followed by ". "
+        ("The answer is C.", "C"),  # the pattern, once
+        ("The answer is CD", "C"),  # the pattern's final "." is any character
+        ("C)", "FAILED"),  # not a bare letter; no ". " after it
+        ("C.", "FAILED"),  # only 2 characters: the ". " rule needs 3
+        ("The answer is A", "FAILED"),  # nothing after the letter for the pattern's "."
+        ("the answer is B.", "FAILED"),  # the pattern is case-sensitive
+        ("cat", "FAILED"),  # an option's text is not read
+        ("I cannot tell.", "FAILED"),  # no rule matches (the old parser read the "a" of "cannot")
+        ("The answer is A. The answer is B.", "FAILED"),  # two statements
+        ("The answer is F.", "F"),  # read, but past the options: scores 0
+        ("FAILED", "FAILED"),
+    ],
+)
+def test_scienceqa_parsing_follows_eval_science_qa(scienceqa, answer, parsed):
+    _, module = scienceqa
+    assert module.parse_answer(answer) == parsed
+
+
+def test_scienceqa_accuracy_img_accuracy_and_failed(scienceqa):
+    metric, _ = scienceqa
+    choices = [["cat", "dog", "bird"]] * 6 + [["yes", "no"]]
+    predictions = ["C", "C)", "The answer is C.", "the answer is C.", "bird", "I cannot tell.", "C"]
+    references = [2, 2, 2, 2, 2, 2, 1]
+    has_image = [True, True, False, False, True, True, False]
+    result = metric.compute(predictions=predictions, references=references, choices=choices, has_image=has_image)
+    # Right: "C" (C = index 2) and "The answer is C."; the rest FAILED; the last "C" is past a 2-option question.
+    assert result["per_question"] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert result["parsed"] == ["C", "FAILED", "C", "FAILED", "FAILED", "FAILED", "C"]
+    assert result["accuracy"] == pytest.approx(2 / 7)
+    assert result["img_accuracy"] == pytest.approx(1 / 4)  # image rows 0, 1, 4, 5: only row 0 right
+    no_image = metric.compute(predictions=["A"], references=[0], choices=[["x", "y"]], has_image=[False])
+    assert no_image["img_accuracy"] == 0.0 and no_image["notes"]
+    with pytest.raises(ValueError, match="choices"):
+        metric.compute(predictions=["A"], references=[0], has_image=[True])
+    with pytest.raises(ValueError, match=r"references\[0\] is 3"):
+        metric.compute(predictions=["A"], references=[3], choices=[["x", "y"]], has_image=[True])
+
+
+@pytest.mark.skipif(not LLAVA_MIRROR.is_dir(), reason="LLaVA's source mirror is not on this machine")
+def test_scienceqa_agrees_with_llavas_eval_science_qa_in_a_subprocess(scienceqa, tmp_path):
+    """Extra cross-check: LLaVA's eval_science_qa.py (from the mirror, never copied) on synthetic problems."""
+    metric, _ = scienceqa
+    script = _mirror_file(LLAVA_MIRROR, "llava/eval/eval_science_qa.py", tmp_path)
+    texts = ["A", "B", "C)", "C.", "The answer is A", "the answer is B.", "cat", "I cannot tell.", "A. a cat",
+             "The answer is B.", "The answer is BC", "E", "D", "The answer is A. The answer is B.", "B. dog", "  A"]  # fmt: skip
+    choices = [["cat", "dog", "bird"] if i % 2 else ["cat", "dog", "bird", "fish"] for i in range(len(texts))]
+    answers = [i % 3 for i in range(len(texts))]
+    images = [i % 4 != 3 for i in range(len(texts))]
+    ids = [str(100 + i) for i in range(len(texts))]
+    problems = {pid: {"choices": c, "answer": a} for pid, c, a in zip(ids, choices, answers)}
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    (tmp_path / "pid_splits.json").write_text(json.dumps({"test": ids}))
+    rows = [
+        {"question_id": pid, "text": t, "prompt": ("<image>\n" if im else "") + "Q"}
+        for pid, t, im in zip(ids, texts, images)
+    ]
+    _write_jsonl(tmp_path / "answers.jsonl", rows)
+    done = subprocess.run(
+        [sys.executable, str(script), "--base-dir", str(tmp_path), "--result-file", str(tmp_path / "answers.jsonl"),
+         "--output-file", str(tmp_path / "out.json"), "--output-result", str(tmp_path / "result.json")],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    official = json.loads((tmp_path / "result.json").read_text())
+    ours = metric.compute(predictions=texts, references=answers, choices=choices, has_image=images)
+    assert ours["per_question"] == [1.0 if official["results"][pid] == a else 0.0 for pid, a in zip(ids, answers)]
+    assert 100 * ours["accuracy"] == official["acc"]
+    assert f"IMG-Accuracy: {100 * ours['img_accuracy']:.2f}%" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MMBench: VLMEvalKit's can_infer and circular evaluation
+
+ANIMALS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
+
+
+@pytest.mark.parametrize(
+    "answer, letter",
+    [
+        ("The correct answer is A.", "A"),  # one option letter, among the last four words
+        ("A", "A"),
+        ("B. dog", "B"),
+        ("(C) bird", "C"),  # "(" and ")" are separators
+        ("A cat is sitting on the left side of the dog", None),  # the lone "A" is word 1 of 11: too early; too long
+        ("A or B", None),  # two letters
+        ("fish", "D"),  # no letter: the one option text found in the answer
+        ("It is a cat or a dog", None),  # two option texts
+        ("The answer is b", "B"),  # the case-insensitive "answer is X" pattern (VLMEvalKit 2026)
+        ("The correct answer is **B**. Here's why: dogs bark.", "B"),  # "B" is word 5 of 9, the pattern reads it
+        ("Cannot determine the answer", "Z"),  # a refusal phrase
+        ("Z", "Z"),
+        ("Failed to obtain answer via API", None),
+    ],
+)
+def test_mmbench_can_infer(mmbench, answer, letter):
+    _, module = mmbench
+    assert module.can_infer(answer, dict(ANIMALS)) == letter
+
+
+def test_mmbench_verbose_pattern_can_be_switched_off(mmbench):
+    _, module = mmbench
+    # Before 2026-06 VLMEvalKit had no "answer is X" pattern: these two answers were unreadable.
+    assert module.can_infer("The answer is b", dict(ANIMALS), match_verbose_answer=False) is None
+    assert module.can_infer("The correct answer is **B**. Here's why: dogs bark.", dict(ANIMALS), False) is None
+
+
+def test_mmbench_circular_accuracy_needs_every_rotation(mmbench):
+    metric, _ = mmbench
+    # Question 1: four rotations, all answered right. Question 2: three right, one wrong ("A" where "B" is right).
+    texts = list(ANIMALS.values())
+    options = [{letter: texts[(i + k) % 4] for k, letter in enumerate("ABCD")} for i in range(4)]
+    cat_letter = ["ABCD"[(0 - i) % 4] for i in range(4)]  # where "cat" sits after rotating by i
+    predictions = cat_letter + cat_letter[:3] + ["A"]
+    references = cat_letter + cat_letter[:3] + [cat_letter[3]]
+    result = metric.compute(
+        predictions=predictions, references=references, options=options * 2, groups=[1] * 4 + ["q2"] * 4
+    )
+    assert cat_letter[3] != "A"
+    assert result["per_question"] == [1.0] * 7 + [0.0]
+    assert result["accuracy"] == pytest.approx(7 / 8)
+    assert result["circular_per_question"] == {1: 1.0, "q2": 0.0}
+    assert result["circular_accuracy"] == 0.5
+    with pytest.raises(ValueError, match=r"references\[0\] is 'E'"):
+        metric.compute(predictions=["A"], references=["E"], options=[{"A": "x", "B": "y"}])
+    with pytest.raises(ValueError, match="options must give"):
+        metric.compute(predictions=["A"], references=["A"])
+
+
+VLMEVALKIT_MIRROR = Path("/work/.mirror/open-compass+VLMEvalKit/repo")
+
+
+@pytest.mark.skipif(not VLMEVALKIT_MIRROR.is_dir(), reason="VLMEvalKit's source mirror is not on this machine")
+def test_mmbench_matcher_agrees_with_vlmevalkit_in_a_subprocess(mmbench, tmp_path):
+    """Extra cross-check: VLMEvalKit's matching_util.py (from the mirror, never copied; its logger stubbed)."""
+    _, module = mmbench
+    package = tmp_path / "vlmeval"
+    (package / "smp").mkdir(parents=True)
+    (package / "utils").mkdir()
+    for init in (package / "__init__.py", package / "smp" / "__init__.py", package / "utils" / "__init__.py"):
+        init.write_text("")
+    (package / "smp" / "log.py").write_text("import logging\nget_logger = logging.getLogger\n")
+    _mirror_file(VLMEVALKIT_MIRROR, "vlmeval/utils/matching_util.py", package / "utils")
+    answers = ["The correct answer is A.", "A", "B. dog", "(C) bird", "A cat is sitting on the left side of the dog",
+               "A or B", "fish", "It is a cat or a dog", "The answer is b", "answer is **C**", "Z", "D) fish, surely",
+               "I think the answer is C because birds fly", "Cannot determine the answer", "the dog", "", "B C",
+               "The image shows a dog. B", "Option D: fish.", "The correct answer is **B**. Here's why: dogs bark."]  # fmt: skip
+    script = "import json, sys\nfrom vlmeval.utils.matching_util import can_infer\n"
+    script += "answers, options = json.loads(sys.stdin.read())\n"
+    script += "print(json.dumps([can_infer(a, dict(options)) or None for a in answers]))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, input=json.dumps([answers, ANIMALS]), capture_output=True,
+        text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    official = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [module.can_infer(a, dict(ANIMALS)) for a in answers] == official
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact match (the synthetic shapes benchmark)
 
 
 def test_exact_match_normalizations(exact_match):
     metric, _ = exact_match
     predictions = ["Yes.", "the left", "Left...", " bowl ", "A red cube."]
     references = ["yes", "left", "left", "bowl", "red cube"]
-    # gqa (LLaVA's convert_gqa_for_eval: rstrip('.').lower()): 1, 0 (article kept), 1, 1, 0
-    gqa = metric.compute(predictions=predictions, references=references, return_per_sample=True)
-    assert gqa["per_sample"] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    # gqa-style (rstrip('.').lower() after strip): 1, 0 (article kept), 1, 1, 0
+    gqa = metric.compute(predictions=predictions, references=references)
+    assert gqa["per_question"] == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert gqa["exact_match"] == pytest.approx(3 / 5)
+    assert metric.compute(predictions=predictions, references=references, return_per_sample=True)["per_sample"] == [
+        1.0, 0.0, 1.0, 1.0, 0.0,
+    ]  # fmt: skip
     lenient = metric.compute(predictions=predictions, references=references, normalization="lenient")
     assert lenient["exact_match"] == 1.0
     none = metric.compute(predictions=predictions, references=references, normalization="none")
     assert none["exact_match"] == 0.0
     with pytest.raises(ValueError, match="normalization"):
         metric.compute(predictions=["a"], references=["a"], normalization="squad")
+
+
+def _mirror_file(mirror: Path, path: str, folder: Path) -> Path:
+    """Writes `path` of a source mirror's HEAD into `folder` (test-time only) and returns it; skips if unreadable."""
+    shown = subprocess.run(
+        ["git", "-C", str(mirror), "show", f"HEAD:{path}"], check=False, capture_output=True, text=True
+    )
+    if shown.returncode != 0:
+        pytest.skip(f"{path} is not readable from {mirror}")
+    target = folder / Path(path).name
+    target.write_text(shown.stdout)
+    return target
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 # ---------------------------------------------------------------------------------------------------------------

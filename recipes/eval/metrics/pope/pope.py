@@ -1,7 +1,7 @@
-"""POPE: yes/no object-hallucination metrics (accuracy, precision, recall, F1, yes-ratio) on free-form answers.
+"""POPE per split, exactly as LLaVA's `llava/eval/eval_pope.py` parses the answers and computes its five numbers.
 
-This is an `evaluate` module loaded by path. It imports only the standard library, `datasets` and `evaluate`
-because `evaluate` copies this single file into its module cache.
+This is an `evaluate` module loaded by path. `evaluate` copies this single file into its module cache, so it imports
+only the standard library, `datasets` and `evaluate`.
 """
 
 from __future__ import annotations
@@ -19,53 +19,91 @@ _CITATION = """\
 """
 
 _DESCRIPTION = """\
-POPE (Polling-based Object Probing Evaluation). Each free-form answer is turned into "yes" or "no" exactly as
-LLaVA's `llava/eval/eval_pope.py` does: keep the text before the first ".", delete commas, split on single spaces;
-the answer is "no" if one of the words is exactly "No", "no" or "not", and "yes" otherwise (so an empty or off-topic
-answer counts as "yes"). With "yes" as the positive class the module returns accuracy, precision, recall, F1 and the
-yes-ratio (fraction of "yes" predictions), as fractions in [0, 1] like the LLaVA script (papers print them x 100).
-POPE reports each split (random, popular, adversarial) separately: call the metric once per split.
+POPE (Polling-based Object Probing Evaluation) as LLaVA-1.5 and SQ-LLaVA report it: LLaVA's `eval_pope.py` scores
+each split (`coco_pope_adversarial`, `_popular`, `_random`) on its own, and the paper's POPE figure is the mean F1
+of the three splits.
+
+Answer parsing, as `eval_pope.py`: keep the text before the first "." (if there is one), delete ",", split on single
+spaces; the answer is "no" when one of the words is exactly "No", "no" or "not", otherwise "yes" (an empty,
+upper-case "NO" or off-topic answer counts as "yes").
+
+Per split, with "yes" as the positive class: accuracy = (TP + TN) / N, precision = TP / (TP + FP),
+recall = TP / (TP + FN), F1 = 2 P R / (P + R), yes-ratio = fraction of answers read as "yes".
+
+Where `eval_pope.py` divides by zero and crashes (no answer read as "yes": TP + FP = 0; no "yes" label: TP + FN = 0;
+P + R = 0), this module returns 0.0 for that precision, recall or F1 and says so in `notes`: never a crash or NaN.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list[str]`): the model's free-form answers.
-    references (`list[str]`): the labels, "yes" or "no" (case and surrounding spaces ignored).
-    return_per_sample (`bool`, defaults to `False`): also return `"parsed"`, the "yes"/"no" read from each answer.
+    predictions (`list[str]`): the model's raw answers (the `text` of LLaVA's answer file).
+    references (`list[str]`): the `label` of each question in its `coco_pope_<split>.json`, "yes" or "no".
+    splits (`list[str]`, *optional*): the split of each question ("adversarial", "popular", "random": the
+        `category` of `llava_pope_test.jsonl`), aligned with `predictions`. Without it all questions form one split
+        named "all".
 Returns:
-    accuracy (`float`): (TP + TN) / N.
-    precision (`float`): TP / (TP + FP), 0.0 when nothing was predicted "yes" (the LLaVA script divides by zero).
-    recall (`float`): TP / (TP + FN), 0.0 when no label is "yes".
-    f1 (`float`): 2 * precision * recall / (precision + recall), 0.0 when both are 0.
-    yes_ratio (`float`): fraction of answers read as "yes".
-    tp, fp, tn, fn (`int`): the confusion matrix with "yes" as the positive class.
-    parsed (`list[str]`, only with `return_per_sample=True`).
+    accuracy_<split>, precision_<split>, recall_<split>, f1_<split>, yes_ratio_<split> (`float`): for every split
+        present, fractions in [0, 1] (LLaVA prints them with 3 decimals, papers x 100).
+    f1 (`float`): the mean of the splits' F1.
+    per_question (`list[float]`): 1.0 where the parsed answer equals the label, else 0.0.
+    parsed (`list[str]`): "yes" or "no" read from each answer.
+    counts (`dict[str, dict[str, int]]`): TP, FP, TN, FN per split.
+    notes (`list[str]`): where a value was defined because eval_pope.py would divide by zero.
 Examples:
-    >>> pope = evaluate.load("recipes/metrics/pope")
-    >>> r = pope.compute(predictions=["Yes, a dog.", "No.", "There is not a cat."], references=["yes", "yes", "no"])
-    >>> r["precision"], r["recall"], r["yes_ratio"], (r["tp"], r["fn"], r["tn"])
-    (1.0, 0.5, 0.3333333333333333, (1, 1, 1))
+    >>> pope = evaluate.load("recipes/eval/metrics/pope")
+    >>> r = pope.compute(predictions=["Yes, a dog.", "No.", "No"], references=["yes", "yes", "no"],
+    ...                  splits=["random", "random", "random"])
+    >>> r["precision_random"], r["recall_random"], r["f1"]
+    (1.0, 0.5, 0.6666666666666666)
 """
 
 NEGATIVE_WORDS = ("No", "not", "no")
 
 
 def parse_yes_no(answer: str) -> str:
-    """Read "yes" or "no" from a free-form answer, as LLaVA's eval_pope.py does."""
-    # Only the first sentence counts: "No. There is a dog in the picture" must stay "no".
-    if "." in answer:
+    """Read "yes" or "no" from a free-form answer, as eval_pope.py does."""
+    if answer.find(".") != -1:
         answer = answer.split(".")[0]
     words = answer.replace(",", "").split(" ")
-    return "no" if any(word in NEGATIVE_WORDS for word in words) else "yes"
+    return "no" if any(word in words for word in NEGATIVE_WORDS) else "yes"
 
 
-def _safe_ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else 0.0
+def split_scores(parsed: list[str], labels: list[str], split: str, notes: list[str]) -> tuple[dict, dict]:
+    """eval_pope.py's five numbers for one split, with 0.0 where it would divide by zero (recorded in `notes`)."""
+    tp = sum(1 for pred, label in zip(parsed, labels) if pred == "yes" and label == "yes")
+    fp = sum(1 for pred, label in zip(parsed, labels) if pred == "yes" and label == "no")
+    tn = sum(1 for pred, label in zip(parsed, labels) if pred == "no" and label == "no")
+    fn = sum(1 for pred, label in zip(parsed, labels) if pred == "no" and label == "yes")
+    if tp + fp == 0:
+        precision = 0.0
+        notes.append(
+            f"{split}: no answer was read as 'yes' (TP + FP = 0): precision set to 0.0 (eval_pope.py crashes)"
+        )
+    else:
+        precision = float(tp) / float(tp + fp)
+    if tp + fn == 0:
+        recall = 0.0
+        notes.append(f"{split}: no label is 'yes' (TP + FN = 0): recall set to 0.0 (eval_pope.py crashes)")
+    else:
+        recall = float(tp) / float(tp + fn)
+    if precision + recall == 0:
+        f1 = 0.0
+        notes.append(f"{split}: precision + recall = 0: F1 set to 0.0 (eval_pope.py crashes)")
+    else:
+        f1 = 2 * precision * recall / (precision + recall)
+    scores = {
+        f"accuracy_{split}": (tp + tn) / (tp + tn + fp + fn),
+        f"precision_{split}": precision,
+        f"recall_{split}": recall,
+        f"f1_{split}": f1,
+        f"yes_ratio_{split}": parsed.count("yes") / len(parsed),
+    }
+    return scores, {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Pope(evaluate.Metric):
-    """POPE accuracy, precision, recall, F1 and yes-ratio with LLaVA's yes/no parsing."""
+    """POPE per split with LLaVA's eval_pope.py parsing; F1 = mean over splits."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -75,38 +113,41 @@ class Pope(evaluate.Metric):
             features=datasets.Features(
                 {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
             ),
-            codebase_urls=["https://github.com/RUCAIBox/POPE", "https://github.com/haotian-liu/LLaVA"],
+            codebase_urls=["https://github.com/haotian-liu/LLaVA", "https://github.com/RUCAIBox/POPE"],
             reference_urls=["https://arxiv.org/abs/2305.10355"],
         )
 
-    def _compute(self, predictions, references, return_per_sample: bool = False):
-        labels = []
-        for index, label in enumerate(references):
-            label = label.strip().lower()
+    def _compute(self, predictions, references, splits=None):
+        if splits is None:
+            splits = ["all"] * len(predictions)
+        if len(splits) != len(predictions):
+            raise ValueError(
+                f"splits has {len(splits)} entries for {len(predictions)} predictions; pass one split name per question."
+            )
+        for index, (prediction, label, split) in enumerate(zip(predictions, references, splits)):
+            if not isinstance(prediction, str):
+                raise TypeError(
+                    f"predictions[{index}] is {prediction!r} ({type(prediction).__name__}); pass the answer text."
+                )
             if label not in ("yes", "no"):
                 raise ValueError(
-                    f"references[{index}] is {references[index]!r}; POPE labels must be 'yes' or 'no'. Pass the "
-                    "`label` field of the POPE annotation files."
+                    f"references[{index}] is {label!r}; POPE labels are 'yes' or 'no' (the `label` of "
+                    "coco_pope_<split>.json)."
                 )
-            labels.append(label)
+            if not isinstance(split, str) or not split:
+                raise ValueError(f"splits[{index}] is {split!r}; pass the split name, e.g. 'adversarial'.")
         parsed = [parse_yes_no(prediction) for prediction in predictions]
-        tp = sum(1 for pred, label in zip(parsed, labels) if pred == "yes" and label == "yes")
-        fp = sum(1 for pred, label in zip(parsed, labels) if pred == "yes" and label == "no")
-        tn = sum(1 for pred, label in zip(parsed, labels) if pred == "no" and label == "no")
-        fn = sum(1 for pred, label in zip(parsed, labels) if pred == "no" and label == "yes")
-        precision = _safe_ratio(tp, tp + fp)
-        recall = _safe_ratio(tp, tp + fn)
-        result = {
-            "accuracy": _safe_ratio(tp + tn, len(parsed)),
-            "precision": precision,
-            "recall": recall,
-            "f1": _safe_ratio(2 * precision * recall, precision + recall),
-            "yes_ratio": _safe_ratio(parsed.count("yes"), len(parsed)),
-            "tp": tp,
-            "fp": fp,
-            "tn": tn,
-            "fn": fn,
-        }
-        if return_per_sample:
-            result["parsed"] = parsed
+        result, counts, notes = {}, {}, []
+        for split in dict.fromkeys(splits):  # first-seen order
+            rows = [index for index, name in enumerate(splits) if name == split]
+            scores, counts[split] = split_scores(
+                [parsed[i] for i in rows], [references[i] for i in rows], split, notes
+            )
+            result.update(scores)
+        f1s = [result[f"f1_{split}"] for split in counts]
+        result["f1"] = sum(f1s) / len(f1s) if f1s else 0.0
+        result["per_question"] = [1.0 if pred == label else 0.0 for pred, label in zip(parsed, references)]
+        result["parsed"] = parsed
+        result["counts"] = counts
+        result["notes"] = notes
         return result
