@@ -37,8 +37,8 @@ def answer_line(question_id, text="yes", model_id="m", **extra) -> str:
     [
         (answer_line("201307251") + '{"question_id": "201640614", "text": 42}\n', r"answers.jsonl:2: 'text' is 42"),
         (answer_line("201307251") + '{"question_id": "201640614", "text": null}\n', r"answers.jsonl:2: 'text' is None"),
-        (answer_line("201307251") + answer_line("201307251"), r"answers.jsonl:2 answers question '201307251' again "
-                                                              r"\(first answered at .*answers.jsonl:1\)"),
+        (answer_line("201307251") + answer_line("201307251"),
+         r"answers.jsonl:2 answers question '201307251' again \(first answered at .*answers.jsonl:1\)"),
         (answer_line("201307251") + '{"question_id": "2016', r"answers.jsonl:2 is not valid JSON\. It is half-written"),
         ('{"question_id": "2016\n' + answer_line("201307251"), r"answers.jsonl:1 is not valid JSON\. Rerun"),
         (answer_line("999"), r"answers.jsonl:1 answers question '999', which gqa does not have"),
@@ -155,7 +155,9 @@ def test_chunks_are_llavas_get_chunk_and_keep_mmbench_rotations_together():
             got = [q.key for q in chunk_questions(questions, n, k)]
             assert got == (expected[k] if k < len(expected) else [])
     # Rotations of one MMBench row are one unit: a chunk never splits them.
-    rotated = [Question(key=(str(i), r), text="t", image=None, row={}, unit=str(i)) for i in range(3) for r in range(4)]
+    rotated = [
+        Question(key=(str(i), r), text="t", image=None, row={}, unit=str(i)) for i in range(3) for r in range(4)
+    ]
     assert [q.key for q in chunk_questions(rotated, 2, 1)] == [("2", r) for r in range(4)]
     with pytest.raises(ValueError, match=r"--chunk-idx 2 must be in \[0, 2\)"):
         chunk_questions(questions, 2, 2)

@@ -45,7 +45,7 @@ def llava_v1(qs: str) -> str:
 
 
 def without_bos(text: str) -> str:
-    return text[len("<s>") :] if text.startswith("<s>") else text
+    return text.removeprefix("<s>")
 
 
 def prompts(processor, benchmark_name: str, root: str, **kwargs) -> list[tuple[dict, str]]:
@@ -199,7 +199,9 @@ def test_only_conv_mode_v1_is_accepted():
 
 
 @requires_llama_vocab
-def test_prompt_ids_have_one_bos_and_equal_llavas_tokenizer_image_token(tmp_path, llama_tokenizer, sentencepiece_llama):  # noqa: F811
+def test_prompt_ids_have_one_bos_and_equal_llavas_tokenizer_image_token(
+    tmp_path, llama_tokenizer, sentencepiece_llama
+):  # noqa: F811
     """Through the processor with the real Llama vocabulary: BOS once, 576 image ids, then LLaVA's ids exactly."""
     from processing import SQLlavaProcessor, add_sqllava_special_tokens, build_image_processor
 

@@ -244,7 +244,12 @@ def submission(benchmark, eval_root: str, split: str | None, answers_files, outp
 def command_submit(args) -> dict[str, Any]:
     benchmark = get_benchmark(args.benchmark)
     info = submission(
-        benchmark, args.eval_root, args.split, args.answers, args.output, question_file=args.question_file,
+        benchmark,
+        args.eval_root,
+        args.split,
+        args.answers,
+        args.output,
+        question_file=args.question_file,
         force=args.force,
     )
     print(f"{benchmark.name} {info['split']}: {info['answered']} of {info['questions']} questions answered; "

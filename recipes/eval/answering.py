@@ -37,8 +37,6 @@ from recipes.eval.common import (
 logger = logging.getLogger(__name__)
 
 
-
-
 def model_id_from_path(name_or_path: str) -> str:
     """The `model_id` LLaVA writes: the last path component (`<parent>_checkpoint-N` for a checkpoint folder)."""
     parts = os.fspath(name_or_path).strip("/").split("/")
@@ -135,9 +133,7 @@ def generate_answers(
     import torch
 
     tokenizer = processor.tokenizer
-    inputs = processor(
-        text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-    )
+    inputs = processor(text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
     inputs = inputs.to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -260,8 +256,9 @@ def answer_questions(
     start, generated_tokens, num_generated = time.perf_counter(), 0, 0
     with (
         open(answers_file, "a", encoding="utf-8") as out,
-        tqdm(total=len(todo) + num_resumed, initial=num_resumed, desc=benchmark.name, unit="q", disable=not progress)
-        as bar,
+        tqdm(
+            total=len(todo) + num_resumed, initial=num_resumed, desc=benchmark.name, unit="q", disable=not progress
+        ) as bar,
     ):
         for batch in _batches(todo, batch_size):
             ready, images = [], []
@@ -425,9 +422,15 @@ def answer_benchmark(
     uses_folder = any(q.image is not None and not isinstance(q.image, bytes) for q in questions)
     if folder is not None and uses_folder and not os.path.isdir(folder):
         raise ValueError(
-                f"Image folder of {benchmark.name} {split} not found: expected {folder!r} (or pass --image-folder)."
-            )
+            f"Image folder of {benchmark.name} {split} not found: expected {folder!r} (or pass --image-folder)."
+        )
     return answer_questions(
-        model, processor, benchmark, questions, answers_file, all_questions=all_questions, image_folder=folder,
+        model,
+        processor,
+        benchmark,
+        questions,
+        answers_file,
+        all_questions=all_questions,
+        image_folder=folder,
         **kwargs,
     )

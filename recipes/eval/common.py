@@ -87,9 +87,11 @@ def read_jsonl(path: str, what: str) -> list[tuple[int, Any]]:
             try:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
-                hint = " (the whole file is one JSON document, not JSON Lines)" if number == 1 and line.lstrip()[
-                    :1
-                ] in "[{" and not line.rstrip().endswith(("}", "]")) else ""
+                hint = (
+                    " (the whole file is one JSON document, not JSON Lines)"
+                    if number == 1 and line.lstrip()[:1] in "[{" and not line.rstrip().endswith(("}", "]"))
+                    else ""
+                )
                 raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}){hint}; expected {what}.") from None
     if not rows:
         raise ValueError(f"{path} is empty; expected {what} (JSON Lines).")
@@ -547,7 +549,9 @@ def score_answers(
         }[result.missing_policy]
         notes.append(f"{result.num_missing} of {result.num_questions} questions have no answer: {policy}.")
     if skipped:
-        notes.append(f"{len(skipped)} of them were skipped by `answer` for their image: {dict(Counter(skipped.values()))}.")
+        notes.append(
+            f"{len(skipped)} of them were skipped by `answer` for their image: {dict(Counter(skipped.values()))}."
+        )
     return {
         "benchmark": benchmark.name,
         "split": split,

@@ -77,9 +77,9 @@ class LLaVABench(Judged):
         return llava_question_file(question_file or self.question_file(root, split), "the LLaVA-Bench questions")
 
     def score(self, root, split, questions, answers, **options):
+        settings = judge_settings(self.name, options)
         from recipes.eval import judge
 
-        settings = judge_settings(self.name, options)
         contexts = [row for _, row in read_jsonl(os.path.join(self.folder(root), "context.jsonl"), "context.jsonl")]
         gpt4 = {
             question_key(row["question_id"]): row
@@ -112,6 +112,7 @@ class LLaVABench(Judged):
 class MMVet(Judged):
     name = "mmvet"
     title = "MM-Vet"
+    submit_splits = ("test",)
     headline = "total"
     metric_label = "total score"
 
@@ -128,9 +129,9 @@ class MMVet(Judged):
         return llava_question_file(question_file or self.question_file(root, split), "the MM-Vet questions")
 
     def score(self, root, split, questions, answers, **options):
+        settings = judge_settings(self.name, options)
         from recipes.eval import judge
 
-        settings = judge_settings(self.name, options)
         samples = read_json(os.path.join(self.folder(root), "mm-vet.json"), "MM-Vet's mm-vet.json")
         answered, missing = predictions_and_missing(questions, answers)
         # MM-Vet's evaluator grades every sample of mm-vet.json; a question without an answer is graded as "".

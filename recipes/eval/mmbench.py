@@ -361,5 +361,3 @@ def read_xlsx(path: str) -> list[list[Any]]:
         width = max(values) + 1 if values else 0
         table.append([values.get(i) for i in range(width)])
     return table
-
-

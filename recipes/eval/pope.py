@@ -97,7 +97,6 @@ class POPE(Benchmark):
             splits=[labels[q.key][0] for q in answered],
         )
         metrics = {k: v for k, v in result.items() if k != "per_question" and isinstance(v, (int, float))}
-        extra = {k: v for k, v in result.items() if k not in metrics and k != "per_question"}
         return ScoreResult(
             metrics=metrics,
             per_question={str(q.row["question_id"]): float(s) for q, s in zip(answered, result["per_question"])},
@@ -105,5 +104,5 @@ class POPE(Benchmark):
             num_answered=len(answered),
             num_missing=len(missing),
             missing_policy="excluded",
-            extra={"metric_notes": extra} if extra else {},
+            notes=list(result.get("notes", [])),  # where eval_pope.py would divide by zero
         )

@@ -127,8 +127,13 @@ def build_scienceqa(root: str) -> None:
     for pid, colour, question, choices, answer in items:
         options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
         value = f"Context: N/A\nQuestion: {question}\nOptions: {options}" + ("\n<image>" if colour else "")
-        record = {"id": pid, "conversations": [{"from": "human", "value": value},
-                                               {"from": "gpt", "value": f"The answer is {chr(65 + answer)}."}]}
+        record = {
+            "id": pid,
+            "conversations": [
+                {"from": "human", "value": value},
+                {"from": "gpt", "value": f"The answer is {chr(65 + answer)}."},
+            ],
+        }
         if colour:
             _save(_image(colour), os.path.join(base, "images", "test", pid, "image.png"))
             record["image"] = f"{pid}/image.png"

@@ -163,7 +163,10 @@ class VQAv2(Benchmark):
         process = evalai_answer_processor()
         # EvalAI wants an answer for every test2015 question: LLaVA writes "" for those not in test-dev.
         upload = [
-            {"question_id": q.row["question_id"], "answer": process(answers[q.key]["text"]) if q.key in answers else ""}
+            {
+                "question_id": q.row["question_id"],
+                "answer": process(answers[q.key]["text"]) if q.key in answers else "",
+            }
             for q in test_split
         ]
         write_json(output, upload, indent=None)
