@@ -371,3 +371,79 @@ def test_cli_run_prints_the_table_beside_the_papers_and_errors_are_one_line(mode
               str(out / "gqa" / "answers.jsonl"), "--output", str(tmp_path / "s.json")])  # fmt: skip
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: the GQA questions not found: expected")
+
+
+class FakeJudge:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that records requests and answers from a script."""
+
+    def __init__(self, reply):
+        import http.server
+        import threading
+
+        self.reply, self.requests = reply, []
+        judge = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                content = judge.reply(body["messages"][-1]["content"])
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_judged_benchmarks_score_through_an_openai_compatible_endpoint(root, tmp_path, monkeypatch, capsys):
+    from recipes.eval.__main__ import main
+
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
+
+    # LLaVA-Bench: the judge gives GPT-4 8 and the model 6 on every question -> relative score 6 / 8 = 0.75.
+    # MM-Vet: 1.0 when the prediction contains the ground truth's first element, else 0.0 (scripted, not a real judge).
+    def reply(content):
+        if content.startswith("[Context]"):
+            return "8 6\nAssistant 1 is more detailed."
+        prediction = content.rsplit("\n", 1)[-1].split(" | ")
+        return "1.0" if len(prediction) > 2 and prediction[1].split("<")[0].strip() in prediction[2].lower() else "0.0"
+
+    judge = FakeJudge(reply)
+    try:
+        path = write_answers(tmp_path / "llava_bench.jsonl", llava_rows("llava_bench", root, None, ["A", "B", "C"]))
+        out = tmp_path / "llava_bench.score.json"
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4", "--judge-api-key-env", "FAKE_JUDGE_KEY"])  # fmt: skip
+        result = json.loads(out.read_text())
+        assert result["metrics"]["relative_score"] == pytest.approx(0.75)
+        assert len(judge.requests) == 3 and judge.requests[0]["path"] == "/v1/chat/completions"
+        assert judge.requests[0]["auth"] == "Bearer sk-test" and judge.requests[0]["body"]["model"] == "fake-gpt-4"
+        first = judge.requests[0]["body"]["messages"][-1]["content"]
+        assert "[Question]\nWhat colour is the square?" in first and "[Assistant 2]\nA\n" in first
+        # A rerun reads the verdicts saved beside the output and sends nothing.
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
+        assert len(judge.requests) == 3
+
+        path = write_answers(tmp_path / "mmvet.jsonl", llava_rows("mmvet", root, None, ["It is red.", "Two."]))
+        out = tmp_path / "mmvet.score.json"
+        main(["score", "--benchmark", "mmvet", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
+        result = json.loads(out.read_text())
+        assert result["metrics"]["total"] == pytest.approx(0.5)
+        assert result["per_question"] == {"v1_0": 1.0, "v1_1": 0.0}
+    finally:
+        judge.close()
+    assert "relative_score" in capsys.readouterr().out

@@ -202,7 +202,8 @@ def command_score(args) -> dict[str, Any]:
     benchmark = get_benchmark(args.benchmark)
     options: dict[str, Any] = {"all_rounds": args.all_rounds} if args.all_rounds is not None else {}
     if benchmark.needs_judge:
-        options.update(_judge_options(args))
+        # The judge's verdicts are appended to a file beside the output as they come: a rerun does not pay twice.
+        options.update(_judge_options(args), judge_cache=os.path.splitext(args.output)[0] + ".judge.jsonl")
     result = score_answers(
         benchmark,
         args.eval_root,
@@ -233,8 +234,7 @@ def submission(benchmark, eval_root: str, split: str | None, answers_files, outp
             + (f" (uploads exist for --split {', '.join(benchmark.submit_splits)})" if benchmark.submit_splits else "")
             + "; score it locally with `score`."
         )
-    options = {"all_rounds": True} if benchmark.name.startswith("mmbench") else {}
-    questions = benchmark.load_questions(eval_root, split, question_file=question_file, **options)
+    questions = benchmark.load_questions(eval_root, split, question_file=question_file, keep_images=False)
     answers = read_answers(answers_files, benchmark, Counter(q.key for q in questions))
     check_model_id(answers, None, answers_files, force)
     info = benchmark.write_submission(eval_root, split, questions, answers.rows, output)
@@ -281,7 +281,7 @@ def command_run(args) -> dict[str, Any]:
     # Every question file is read before the model is loaded: a missing file fails in seconds, not hours later.
     for benchmark in benchmarks:
         split = benchmark.resolve_split(splits.get(benchmark.name))
-        benchmark.load_questions(args.eval_root, split, all_rounds=True)
+        benchmark.load_questions(args.eval_root, split, keep_images=False)
         plan.append((benchmark, split))
     model, processor = _load_model(args)
     model_id = args.model_id or model_id_from_path(args.model)
@@ -312,7 +312,9 @@ def command_run(args) -> dict[str, Any]:
             except ValueError as error:  # e.g. VizWiz test needs every answer: say so in the table, keep going
                 row["upload_error"] = str(error)
         if split in benchmark.scored_splits:
-            options = _judge_options(args) if benchmark.needs_judge else {}
+            options = {}
+            if benchmark.needs_judge:
+                options = {**_judge_options(args), "judge_cache": os.path.join(folder, "score.judge.jsonl")}
             if benchmark.needs_judge and not args.judge_url:
                 row["score_error"] = "needs a judge: --judge-url and --judge-model"
             else:

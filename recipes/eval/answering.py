@@ -318,7 +318,7 @@ def answer_questions(
     return AnswerReport(
         benchmark=benchmark.name,
         answers_file=answers_file,
-        num_questions=len(seen | ({q.key for q in questions} & done)),
+        num_questions=len({q.key for q in questions}),
         num_generated=num_generated,
         num_resumed=num_resumed,
         skipped=dict(Counter(skipped_now.values())),

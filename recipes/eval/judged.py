@@ -15,6 +15,7 @@ and the aggregation are the official ones, in `recipes/eval/judge.py`.
 
 from __future__ import annotations
 
+import json
 import os
 
 from recipes.eval.common import (
@@ -35,18 +36,37 @@ class JudgeRequired(ValueError):
 
 
 def judge_settings(benchmark: str, options: dict) -> dict:
+    """The judge keyword arguments of `recipes.eval.judge` from the `score` options, or a clear error."""
     url, model = options.get("judge_url"), options.get("judge_model")
     if not url or not model:
         raise JudgeRequired(
             f"{benchmark} is scored by a judge model (GPT-4 in the papers): pass --judge-url URL (an OpenAI-compatible "
             "endpoint, e.g. https://api.openai.com/v1) and --judge-model NAME; the API key is read from the "
-            f"environment variable named by --judge-api-key-env (default OPENAI_API_KEY). Nothing is sent anywhere "
+            "environment variable named by --judge-api-key-env (default OPENAI_API_KEY). Nothing is sent anywhere "
             "without --judge-url."
         )
-    settings = {"url": url, "model": model}
-    env = options.get("judge_api_key_env") or "OPENAI_API_KEY"
-    settings["api_key"] = os.environ.get(env)
-    return settings
+    return {"url": url, "model": model, "api_key_env": options.get("judge_api_key_env") or "OPENAI_API_KEY"}
+
+
+def read_cache(path: str | None) -> list[dict]:
+    """The judge's earlier verdicts (one JSON object per line), so an interrupted scoring does not pay twice."""
+    if not path or not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill: that verdict is asked again
+                break
+    return rows
+
+
+def _append(path: str | None, record: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 class Judged(Benchmark):
@@ -90,11 +110,14 @@ class LLaVABench(Judged):
         if lacking:
             raise ValueError(f"answers_gpt4.jsonl has no GPT-4 answer for {lacking[0]}.")
         # LLaVA's review pairs questions, GPT-4 answers and model answers line by line: here they are aligned by id.
+        cache = options.get("judge_cache")
         result = judge.review_llava_bench(
             [q.info for q in answered],
             contexts,
             [gpt4[q.key] for q in answered],
             [answers[q.key] for q in answered],
+            cached_reviews=read_cache(cache),
+            on_review=lambda review: _append(cache, review),
             **settings,
         )
         return ScoreResult(
@@ -104,6 +127,7 @@ class LLaVABench(Judged):
             num_answered=len(answered),
             num_missing=len(missing),
             missing_policy="excluded",
+            notes=list(result.get("notes", [])),
             extra={"reviews": result.get("reviews", [])},
         )
 
@@ -134,8 +158,16 @@ class MMVet(Judged):
 
         samples = read_json(os.path.join(self.folder(root), "mm-vet.json"), "MM-Vet's mm-vet.json")
         answered, missing = predictions_and_missing(questions, answers)
-        # MM-Vet's evaluator grades every sample of mm-vet.json; a question without an answer is graded as "".
-        result = judge.grade_mmvet(samples, mmvet_results(questions, answers), **settings)
+        # MM-Vet's evaluator grades every sample of mm-vet.json: a question without an answer is graded as "".
+        cache = options.get("judge_cache")
+        cached = {row["id"]: row["grade"] for row in read_cache(cache) if "id" in row and "grade" in row}
+        result = judge.grade_mmvet(
+            samples,
+            mmvet_results(questions, answers),
+            cached_grades=cached,
+            on_grade=lambda sample_id, grade: _append(cache, {"id": sample_id, "grade": grade}),
+            **settings,
+        )
         return ScoreResult(
             metrics=dict(result["metrics"]),
             per_question={str(k): v for k, v in result["per_question"].items()},
@@ -143,7 +175,8 @@ class MMVet(Judged):
             num_answered=len(answered),
             num_missing=len(missing),
             missing_policy="wrong",
-            extra={"reviews": result.get("reviews", [])},
+            notes=list(result.get("notes", [])),
+            extra={"reviews": result.get("reviews", {})},
         )
 
     def write_submission(self, root, split, questions, answers, output):

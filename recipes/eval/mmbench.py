@@ -113,7 +113,11 @@ class MMBench(Benchmark):
             raise ValueError(f"'round_id' is {round_id!r}; it must be an integer (the rotation of the options).")
         return (question_key(row["question_id"]), round_id)
 
-    def load_questions(self, root, split, question_file=None, all_rounds: bool | None = True, **options):
+    def load_questions(
+        self, root, split, question_file=None, all_rounds: bool | None = True, keep_images: bool = True, **options
+    ):
+        """The questions of every TSV row (every rotation unless `all_rounds=False`); `keep_images=False` leaves the
+        images out (scoring and upload files do not need them)."""
         path = question_file or self.question_file(root, split)
         _, rows = read_tsv(path)
         suffix = MULTIPLE_CHOICE_SUFFIX_CN if self.lang == "cn" else MULTIPLE_CHOICE_SUFFIX
@@ -125,6 +129,8 @@ class MMBench(Benchmark):
             image = row.get("image", "")
             if 0 < len(image) <= 64 and image in images:
                 image = images[image]
+            # One bytes object shared by the row's rotations (an MMBench TSV holds a few hundred MB of base64).
+            image = image.encode("ascii", "replace") if keep_images else b""
             try:
                 index = int(row["index"])
             except ValueError:
@@ -157,7 +163,7 @@ class MMBench(Benchmark):
                     Question(
                         key=(question_key(index), round_id),
                         text=question + "\n" + suffix,
-                        image=image.encode("ascii", "replace"),
+                        image=image,
                         row={
                             "question_id": index,
                             "round_id": round_id,
@@ -178,7 +184,7 @@ class MMBench(Benchmark):
 
     def load_for_scoring(self, root, split, files, question_file, force, all_rounds: bool | None = None, **options):
         """All rounds, or only round 0 when asked (`all_rounds=False`) or when the answers hold round 0 only."""
-        questions = self.load_questions(root, split, question_file=question_file, all_rounds=True)
+        questions = self.load_questions(root, split, question_file=question_file, all_rounds=True, keep_images=False)
         answers = read_answers(files, self, Counter(q.key for q in questions))
         check_model_id(answers, None, files, force)
         notes = []
