@@ -384,7 +384,7 @@ class FakeJudge:
         judge = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):  # http.server's method name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 content = judge.reply(body["messages"][-1]["content"])

@@ -136,7 +136,7 @@ def test_bad_question_records_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"llava_gqa_testdev_balanced.jsonl:2 has no 'text'"):
         get_benchmark("gqa").load_questions(str(tmp_path), "testdev_balanced")
     path.write_text('{"question_id": "1", "image": "a.jpg", "text": 7}\n')
-    with pytest.raises(ValueError, match=r"llava_gqa_testdev_balanced.jsonl:1: 'text' is 7 \(int\)"):
+    with pytest.raises(TypeError, match=r"llava_gqa_testdev_balanced.jsonl:1: 'text' is 7 \(int\)"):
         get_benchmark("gqa").load_questions(str(tmp_path), "testdev_balanced")
 
 

@@ -200,8 +200,10 @@ def test_only_conv_mode_v1_is_accepted():
 
 @requires_llama_vocab
 def test_prompt_ids_have_one_bos_and_equal_llavas_tokenizer_image_token(
-    tmp_path, llama_tokenizer, sentencepiece_llama
-):  # noqa: F811
+    tmp_path,
+    llama_tokenizer,
+    sentencepiece_llama,  # noqa: F811  (the fixture imported above)
+):
     """Through the processor with the real Llama vocabulary: BOS once, 576 image ids, then LLaVA's ids exactly."""
     from processing import SQLlavaProcessor, add_sqllava_special_tokens, build_image_processor
 

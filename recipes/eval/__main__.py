@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except ValueError as error:  # user errors (files, arguments): one clear line, no traceback
+    except (ValueError, TypeError) as error:  # bad files or arguments: one clear line (SQLLAVA_DEBUG=1: traceback)
         if os.environ.get("SQLLAVA_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -101,7 +101,7 @@ def read_jsonl(path: str, what: str) -> list[tuple[int, Any]]:
 def require_fields(row: Any, fields: Sequence[str], where: str) -> Mapping[str, Any]:
     """`row` if it is a JSON object with every field of `fields`, else an error naming `where` and the field."""
     if not isinstance(row, Mapping):
-        raise ValueError(f"{where} is a {type(row).__name__}, expected a JSON object.")
+        raise TypeError(f"{where} is a {type(row).__name__}, expected a JSON object.")
     for field in fields:
         if field not in row:
             raise ValueError(f"{where} has no {field!r} (keys: {sorted(row)}).")
@@ -110,7 +110,7 @@ def require_fields(row: Any, fields: Sequence[str], where: str) -> Mapping[str, 
 
 def require_str(value: Any, field: str, where: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{where}: {field!r} is {value!r} ({type(value).__name__}); it must be a string.")
+        raise TypeError(f"{where}: {field!r} is {value!r} ({type(value).__name__}); it must be a string.")
     return value
 
 

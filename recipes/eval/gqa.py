@@ -36,7 +36,7 @@ class GQA(Benchmark):
         path = os.path.join(root, "gqa", "data", "testdev_balanced_questions.json")
         official = read_json(path, "GQA's testdev_balanced_questions.json")
         if not isinstance(official, dict):
-            raise ValueError(f"{path} is a {type(official).__name__}; GQA's question files map id -> question.")
+            raise TypeError(f"{path} is a {type(official).__name__}; GQA's question files map id -> question.")
         official = {question_key(k): v for k, v in official.items()}
         unknown = [q.source for q in questions if q.key not in official]
         if unknown:

@@ -110,7 +110,7 @@ class MMBench(Benchmark):
     def answer_key(self, row: Mapping[str, Any], where: str) -> Hashable:
         round_id = row.get("round_id", 0)
         if not isinstance(round_id, int) or isinstance(round_id, bool):
-            raise ValueError(f"'round_id' is {round_id!r}; it must be an integer (the rotation of the options).")
+            raise TypeError(f"'round_id' is {round_id!r}; it must be an integer (the rotation of the options).")
         return (question_key(row["question_id"]), round_id)
 
     def load_questions(

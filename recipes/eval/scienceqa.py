@@ -47,7 +47,7 @@ class ScienceQA(Benchmark):
         path = question_file or self.question_file(root, split)
         rows = read_json(path, "the ScienceQA questions (LLaVA's llava_test_CQM-A.json)")
         if not isinstance(rows, list):
-            raise ValueError(f"{path} is a {type(rows).__name__}; llava_test_CQM-A.json is a JSON list.")
+            raise TypeError(f"{path} is a {type(rows).__name__}; llava_test_CQM-A.json is a JSON list.")
         questions = []
         for i, row in enumerate(rows):
             where = f"{path}[{i}]"

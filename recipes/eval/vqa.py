@@ -119,7 +119,7 @@ class VQAv2(Benchmark):
         content = read_json(path, "the official VQAv2 val questions")
         rows = content.get("questions") if isinstance(content, dict) else None
         if not isinstance(rows, list):
-            raise ValueError(f"{path} has no 'questions' list; expected v2_OpenEnded_mscoco_val2014_questions.json.")
+            raise TypeError(f"{path} has no 'questions' list; expected v2_OpenEnded_mscoco_val2014_questions.json.")
         questions = []
         for i, row in enumerate(rows):
             where = f"{path}: questions[{i}]"
@@ -194,7 +194,7 @@ class VizWiz(Benchmark):
             return llava_question_file(path, "the VizWiz test questions (LLaVA's eval bundle)")
         rows = read_json(path, "the VizWiz val annotations")
         if not isinstance(rows, list):
-            raise ValueError(f"{path} is a {type(rows).__name__}; the VizWiz annotation format is a JSON list.")
+            raise TypeError(f"{path} is a {type(rows).__name__}; the VizWiz annotation format is a JSON list.")
         questions = []
         for i, row in enumerate(rows):
             where = f"{path}[{i}]"
@@ -278,7 +278,7 @@ class TextVQA(Benchmark):
     def answer_key(self, row: Mapping[str, Any], where: str) -> Hashable:
         # LLaVA's question_id is the image id; the prompt (the question file's text) tells the questions apart.
         if not isinstance(row.get("prompt"), str):
-            raise ValueError(
+            raise TypeError(
                 "TextVQA answers are matched by image id and prompt (as eval_textvqa.py does): 'prompt' must be the "
                 f"question file's text, got {row.get('prompt')!r}."
             )
@@ -295,7 +295,7 @@ class TextVQA(Benchmark):
         content = read_json(path, "the TextVQA 0.5.1 val annotations")
         data = content.get("data") if isinstance(content, dict) else None
         if not isinstance(data, list):
-            raise ValueError(f"{path} has no 'data' list; expected TextVQA_0.5.1_val.json.")
+            raise TypeError(f"{path} has no 'data' list; expected TextVQA_0.5.1_val.json.")
         # As eval_textvqa.py: annotations by (image_id, lower-cased question); a repeated pair keeps the last.
         annotations = {}
         for i, annotation in enumerate(data):
