@@ -8,6 +8,7 @@ says why it scores what it scores, worked out by hand from the official scripts'
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ evaluate = pytest.importorskip("evaluate")
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "eval" / "metrics"
 METRIC_NAMES = (
-    "vqav2", "vizwiz", "textvqa", "gqa", "pope", "scienceqa", "mmbench", "exact_match", "multiple_choice", "cider",
+    "vqav2", "vizwiz", "textvqa", "gqa", "pope", "scienceqa", "mmbench", "exact_match", "cider",
 )  # fmt: skip
 LLAVA_MIRROR = Path("/work/.mirror/haotian-liu+LLaVA/repo")
 
@@ -49,7 +50,6 @@ pope = _fixture("pope")
 scienceqa = _fixture("scienceqa")
 mmbench = _fixture("mmbench")
 exact_match = _fixture("exact_match")
-multiple_choice = _fixture("multiple_choice")
 cider = _fixture("cider")
 
 
@@ -624,53 +624,54 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Multiple choice
+# CIDEr-D: pycocoevalcap's PTBTokenizer rules in Python, then CiderScorer
 
 
 @pytest.mark.parametrize(
-    "answer, choices, letter",
+    "captions, tokenized",
     [
-        ("C", None, "C"),
-        ("C.", None, "C"),
-        ("B)", None, "B"),
-        ("(B)", None, "B"),
-        ("A. a cat", None, "A"),  # LLaVA ScienceQA: letter followed by ". "
-        ("Because of gravity. The answer is C.", None, "C"),  # LLaVA ScienceQA chain of thought
-        ("the answer is: (D)", None, "D"),
-        ("A is wrong and so is B. The answer is C.", None, "C"),  # the explicit statement beats stray letters
-        ("I think B is correct.", None, "B"),  # MMBench: one standalone option letter
-        ("A or B", None, None),  # two letters: ambiguous
-        ("A bird is flying over the water", ["cat", "bird"], "B"),  # "A" is the article; the option text decides
-        ("It is a cat", ["cat", "dog"], "A"),
-        ("E", ["cat", "dog"], None),  # a letter past the last option is not an answer
-        ("I cannot tell", ["cat", "dog"], None),
+        # Parentheses become -LRB-/-RRB- and are lowercased *after* tokenising, so pycocoevalcap's PUNCTUATIONS
+        # ("-LRB-" upper case) do not remove them. "cannot" and "gonna" are split (splitAssimilations); "U.S.A." and
+        # "p.m." are acronyms; "#1", "$5" and "50%" split off their sign; "&" is kept; "co." at the very end is an
+        # abbreviation whose period is also returned again (then dropped as punctuation).
+        (["A man (in a hat) cannot see the U.S.A. at 5 p.m. gonna #1 $5 50% & co."],
+         ["a man -lrb- in a hat -rrb- can not see the u.s.a. at 5 p.m. gon na # 1 $ 5 50 % & co."]),
+        # Clitics split ("dog 's", "is n't"); LaTeX quotes, "--", "...", ";" and "!" are dropped; brackets and
+        # braces become -lsb- / -rsb- / -lcb- / -rcb- and stay.
+        (["The dog's ball isn't red; it's \"blue\" -- or [green]... {maybe}!"],
+         ["the dog 's ball is n't red it 's blue or -lsb- green -rsb- -lcb- maybe -rcb-"]),
+        # Titles and month abbreviations keep their period; "3:30" and "5," (comma dropped) as numbers.
+        (["Mr. Smith met Dr. Who at 3:30 p.m. on Jan. 5, 2020."], ["mr. smith met dr. who at 3:30 p.m. on jan. 5 2020"]),
+        # Hyphenated words and fractions are one token; "$3.50" -> "$ 3.50".
+        (["black-and-white photo, 1/2 price: $3.50 (50% off) & more"],
+         ["black-and-white photo 1/2 price $ 3.50 -lrb- 50 % off -rrb- & more"]),
+        (["I can't go; you'd better wanna go."], ["i ca n't go you 'd better wan na go"]),
+        # URLs and e-mail addresses stay whole; ":)" at the very end is ":" (dropped) and ")" (no smiley: the rule
+        # needs a character after it).
+        (["see www.example.com or mail a@b.com :)"], ["see www.example.com or mail a@b.com -rrb-"]),
+        # Curly quotes become LaTeX quotes and are dropped; the em and en dashes become "--"; "…" is "...".
+        (["It\u2019s \u201cquoted\u201d \u2014 with dashes \u2013 and\u2026"], ["it 's quoted with dashes and"]),
+        # A single letter + "." is one token ("a."), unless the next caption (same stream) starts with a word such
+        # as "The": then the acronym rule returns "A" and the period separately.
+        (["the letter A."], ["the letter a."]),
+        (["the letter A.", "The end"], ["the letter a", "the end"]),
     ],
-)
-def test_multiple_choice_parsing(multiple_choice, answer, choices, letter):
-    _, module = multiple_choice
-    letters = "ABCDE" if choices is None else "ABCDE"[: len(choices)]
-    assert module.parse_choice(answer, letters, choices) == letter
+)  # fmt: skip
+def test_cider_ptb_tokenization_by_hand(cider, captions, tokenized):
+    # Every case was also checked against pycocoevalcap 1.2's Java PTBTokenizer (stanford-corenlp-3.4.1.jar).
+    _, module = cider
+    assert module.ptb_tokenize(captions) == tokenized
 
 
-def test_multiple_choice_accuracy_and_unparseable(multiple_choice):
-    metric, _ = multiple_choice
-    result = metric.compute(
-        predictions=["B)", "The answer is C.", "a cat", "I am not sure", "D"],
-        references=["B", "C", "A", "D", "A"],
-        choices=[["dog", "cat"], ["x", "y", "z"], ["cat", "dog"], ["1", "2", "3", "4"], ["1", "2", "3", "4"]],
-        return_per_sample=True,
-    )
-    assert result["parsed"] == ["B", "C", "A", None, "D"]
-    assert result["accuracy"] == pytest.approx(3 / 5)
-    assert result["unparseable"] == 1
-    with pytest.raises(ValueError, match="references\\[0\\]"):
-        metric.compute(predictions=["A"], references=["0"])
-    with pytest.raises(ValueError, match="choices"):
-        metric.compute(predictions=["A", "B"], references=["A", "B"], choices=[["x", "y"]])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CIDEr-D
+def test_cider_tokenizer_shortcuts_change_nothing_on_random_text(cider):
+    _, module = cider
+    rng = np.random.default_rng(0)
+    pieces = ["a", "A", "cat", "Dr", "co", "Inc", "cannot", "gonna", "U.S", "p.m", "http", "www", "x", "b", "3", "42",
+              "5km", " ", " ", "  ", "\n", ".", ",", ";", ":", "!", "?", "(", ")", '"', "'", "-", "@", "/", "$", "%",
+              "&", "#", "'s", "n't", "\u2019", "\u00a0", "\t", "...", ":)", "1/2", "e-mail", "com", "x_x"]  # fmt: skip
+    for _ in range(300):
+        text = "".join(rng.choice(pieces, size=rng.integers(1, 25)))
+        assert module.ptb_lex(text) == module.ptb_lex(text, shortcuts=False), repr(text)
 
 
 def _cider_d_reference(candidates, references, n=4, sigma=6.0):
@@ -717,7 +718,7 @@ def test_cider_hand_worked_example(cider):
     metric, _ = cider
     # Two images, one reference each, so N = 2 and every reference n-gram has df = 1: idf = w = ln 2 - ln 1 = ln 2.
     # An n-gram missing from all references has df = 0 -> max(1, 0) = 1, so it also weighs w (pycocoevalcap).
-    # Image 1, candidate "red red" vs reference "red cube" (lengths 1 and 1 bigram: no length penalty):
+    # Image 1, candidate "red red" (PTB: "Red red." -> "red red") vs reference "red cube" (1 bigram each):
     #   unigrams: c = {red: 2w}, r = {red: w, cube: w}; clipped dot = min(2w, w) * w = w^2;
     #             |c| = 2w, |r| = sqrt(2) w -> sim_1 = 1 / (2 sqrt 2)   (unclipped it would be 1 / sqrt 2)
     #   bigrams: (red, red) is not in the reference -> 0; trigrams and 4-grams are empty -> 0.
@@ -728,39 +729,54 @@ def test_cider_hand_worked_example(cider):
     #   score_2 = 10 * exp(-1/72) * (2 / sqrt 6 + 1 / sqrt 2) / 4
     score_1 = 10 * (1 / (2 * math.sqrt(2))) / 4
     score_2 = 10 * math.exp(-1 / 72) * (2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4
-    result = metric.compute(
-        predictions=["Red red.", "The blue ball"], references=[["red cube"], ["blue ball"]], return_per_sample=True
-    )
-    assert result["scores"] == pytest.approx([score_1, score_2], abs=1e-12)
+    result = metric.compute(predictions=["Red red.", "The blue ball"], references=[["red cube"], ["blue ball"]])
+    assert result["per_question"] == pytest.approx([score_1, score_2], abs=1e-12)
     assert result["cider"] == pytest.approx((score_1 + score_2) / 2, abs=1e-12)
 
 
 def test_cider_matches_independent_float64_reference(cider):
     metric, module = cider
     predictions = [
-        "a man riding a red bike down the street",
-        "two dogs play with a ball on the grass",
-        "a plate of food with broccoli",
+        "A man riding a red bike down the street.",
+        "Two dogs play with a ball on the grass!",
+        "a plate of food (with broccoli)",
         "a cat",
     ]
     references = [
-        ["a man rides a bike on a street", "a person riding a red bicycle down a road", "man on a bike"],
-        ["two dogs playing with a ball in the grass", "dogs play on a lawn with a ball"],
+        ["A man rides a bike on a street.", "A person riding a red bicycle down a road", "man on a bike"],
+        ["two dogs playing with a ball in the grass", "Dogs play on a lawn with a ball."],
         ["a plate with broccoli and rice", "food on a white plate", "a plate of food", "broccoli on a plate"],
-        ["a cat sleeping on a couch", "a black cat lying on a sofa"],
+        ["a cat sleeping on a couch", "A black cat lying on a sofa."],
     ]
-    result = metric.compute(predictions=predictions, references=references, return_per_sample=True)
+    result = metric.compute(predictions=predictions, references=references)
+    flat = module.ptb_tokenize([ref for refs in references for ref in refs])
+    sizes = np.cumsum([0] + [len(refs) for refs in references])
     expected = _cider_d_reference(
-        [module.tokenize_caption(p) for p in predictions],
-        [[module.tokenize_caption(r) for r in refs] for refs in references],
+        [caption.split() for caption in module.ptb_tokenize(predictions)],
+        [[caption.split() for caption in flat[start:end]] for start, end in itertools.pairwise(sizes)],
     )
-    np.testing.assert_allclose(result["scores"], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(result["per_question"], expected, rtol=1e-12, atol=1e-12)
     assert result["cider"] == pytest.approx(expected.mean(), abs=1e-12)
     assert 0 < result["cider"] < 10
 
 
-def test_cider_identical_disjoint_and_single_image(cider):
+def test_cider_identical_disjoint_single_image_and_pretokenized(cider):
     metric, _ = cider
     captions = ["a red cube on a wooden table", "two blue balls next to a green cone", "an empty white room at night"]
-    identical = metric.compute(predictions=captions, references=[[c] for c in captions], return_per_sample=True)
-    assert identical["scores"] == pytest.approx([10.0, 10.0, 10.0], abs=1e-12)
+    identical = metric.compute(predictions=captions, references=[[c] for c in captions])
+    assert identical["per_question"] == pytest.approx([10.0, 10.0, 10.0], abs=1e-12)
+    disjoint = metric.compute(
+        predictions=["purple zebra dancing", "seven loud trumpets", "frozen lake"], references=[[c] for c in captions]
+    )
+    assert disjoint["cider"] == 0.0
+    # A single image: log N = 0 makes every idf weight 0, as in pycocoevalcap.
+    assert metric.compute(predictions=[captions[0]], references=[[captions[0]]])["cider"] == 0.0
+    # tokenize=False splits on whitespace only: "cube." and "cube" differ, so the first image loses its 4-grams.
+    raw = metric.compute(
+        predictions=["a red cube."] + captions[1:],
+        references=[["a red cube"]] + [[c] for c in captions[1:]],
+        tokenize=False,
+    )
+    assert raw["per_question"][0] < 10.0
+    with pytest.raises(ValueError, match=r"references\[0\]"):
+        metric.compute(predictions=["a cat"], references=[[]])
