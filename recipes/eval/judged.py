@@ -111,11 +111,12 @@ class LLaVABench(Judged):
             raise ValueError(f"answers_gpt4.jsonl has no GPT-4 answer for {lacking[0]}.")
         # LLaVA's review pairs questions, GPT-4 answers and model answers line by line: here they are aligned by id.
         cache = options.get("judge_cache")
+        # Ids as the question file writes them (another engine may have written 5 as "5").
         result = judge.review_llava_bench(
             [q.info for q in answered],
             contexts,
-            [gpt4[q.key] for q in answered],
-            [answers[q.key] for q in answered],
+            [{**gpt4[q.key], "question_id": q.info["question_id"]} for q in answered],
+            [{**answers[q.key], "question_id": q.info["question_id"]} for q in answered],
             cached_reviews=read_cache(cache),
             on_review=lambda review: _append(cache, review),
             **settings,
