@@ -447,3 +447,20 @@ def test_judged_benchmarks_score_through_an_openai_compatible_endpoint(root, tmp
     finally:
         judge.close()
     assert "relative_score" in capsys.readouterr().out
+
+
+def test_chunks_answered_into_separate_files_score_together(loaded, root, tmp_path):
+    """One process per GPU (LLaVA's --num-chunks/--chunk-idx), each its own file; `score` takes them all."""
+    files = []
+    for chunk_idx in range(3):
+        path = tmp_path / f"pope.{chunk_idx}.jsonl"
+        answer(loaded, "pope", root, path, num_chunks=3, chunk_idx=chunk_idx)
+        files.append(str(path))
+    # ceil(7 / 3) = 3 questions per chunk: 3, 3, 1, in order.
+    assert [[r["question_id"] for r in read_jsonl(f)] for f in files] == [[1, 2, 3], [4, 5, 6], [7]]
+    result = score_answers(get_benchmark("pope"), root, files)
+    assert result["counts"]["answered"] == 7 and result["counts"]["missing"] == 0
+    # A quick look at the first questions only: --limit in both commands.
+    answer(loaded, "gqa", root, tmp_path / "gqa.jsonl", limit=2)
+    result = score_answers(get_benchmark("gqa"), root, str(tmp_path / "gqa.jsonl"), limit=2)
+    assert result["counts"] == {"questions": 2, "answered": 2, "missing": 0, "skipped_images": {}}
