@@ -318,13 +318,20 @@ def command_run(args) -> dict[str, Any]:
             if benchmark.needs_judge and not args.judge_url:
                 row["score_error"] = "needs a judge: --judge-url and --judge-model"
             else:
-                result = score_answers(
-                    benchmark, args.eval_root, answers_file, split=split, limit=args.limit, force=args.force,
-                    **options,
-                )  # fmt: skip
-                write_json(os.path.join(folder, "score.json"), result)
-                print(format_score_table(result))
-                row["score"] = result
+                try:
+                    result = score_answers(
+                        benchmark, args.eval_root, answers_file, split=split, limit=args.limit, force=args.force,
+                        **options,
+                    )  # fmt: skip
+                except (ValueError, TypeError, RuntimeError) as error:
+                    # A missing annotation file or a failing judge must not lose the other benchmarks' table: the
+                    # answers are on disk, `score` can be rerun alone.
+                    row["score_error"] = f"not scored: {error}"
+                    print(f"{benchmark.name}: {row['score_error']}", file=sys.stderr)
+                else:
+                    write_json(os.path.join(folder, "score.json"), result)
+                    print(format_score_table(result))
+                    row["score"] = result
         rows.append(row)
     table = results_table(rows, model_id)
     summary = {"model": args.model, "model_id": model_id, "eval_root": args.eval_root, "benchmarks": rows}
@@ -354,8 +361,8 @@ def results_table(rows: Sequence[dict[str, Any]], model_id: str) -> str:
             measured = percent(value)
             if row["score"]["counts"]["missing"]:
                 measured += f" ({row['score']['counts']['missing']} missing)"
-        elif "score_error" in row:
-            measured = row["score_error"]
+        elif "score_error" in row:  # the full message is in results.json
+            measured = row["score_error"].replace("|", "/")[:160]
         elif "upload" in row:
             measured = f"server: upload {row['upload']['output']}"
         else:
