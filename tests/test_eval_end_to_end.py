@@ -436,6 +436,12 @@ def test_judged_benchmarks_score_through_an_openai_compatible_endpoint(root, tmp
         main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
               "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
         assert len(judge.requests) == 3
+        # New answers to the same questions are judged again, not given the old verdicts.
+        path = write_answers(tmp_path / "llava_bench.jsonl", llava_rows("llava_bench", root, None, ["A", "B", "D"]))
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
+        assert len(judge.requests) == 4
+        assert "[Assistant 2]\nD\n" in judge.requests[-1]["body"]["messages"][-1]["content"]
 
         path = write_answers(tmp_path / "mmvet.jsonl", llava_rows("mmvet", root, None, ["It is red.", "Two."]))
         out = tmp_path / "mmvet.score.json"

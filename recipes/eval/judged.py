@@ -111,14 +111,17 @@ class LLaVABench(Judged):
             raise ValueError(f"answers_gpt4.jsonl has no GPT-4 answer for {lacking[0]}.")
         # LLaVA's review pairs questions, GPT-4 answers and model answers line by line: here they are aligned by id.
         cache = options.get("judge_cache")
+        # A saved verdict is reused only for the very answer it judged (the answers may have been regenerated since).
+        texts = {q.info["question_id"]: answers[q.key]["text"] for q in answered}
+        cached = [r for r in read_cache(cache) if texts.get(r.get("question_id"), object()) == r.get("answer_text")]
         # Ids as the question file writes them (another engine may have written 5 as "5").
         result = judge.review_llava_bench(
             [q.info for q in answered],
             contexts,
             [{**gpt4[q.key], "question_id": q.info["question_id"]} for q in answered],
             [{**answers[q.key], "question_id": q.info["question_id"]} for q in answered],
-            cached_reviews=read_cache(cache),
-            on_review=lambda review: _append(cache, review),
+            cached_reviews=cached,
+            on_review=lambda review: _append(cache, {**review, "answer_text": texts[review["question_id"]]}),
             **settings,
         )
         return ScoreResult(
@@ -161,12 +164,20 @@ class MMVet(Judged):
         answered, missing = predictions_and_missing(questions, answers)
         # MM-Vet's evaluator grades every sample of mm-vet.json: a question without an answer is graded as "".
         cache = options.get("judge_cache")
-        cached = {row["id"]: row["grade"] for row in read_cache(cache) if "id" in row and "grade" in row}
+        results = mmvet_results(questions, answers)
+        # A saved grade is reused only for the very answer it graded.
+        cached = {
+            row["id"]: row["grade"]
+            for row in read_cache(cache)
+            if "grade" in row and row.get("id") in results and results[row["id"]] == row.get("answer_text")
+        }
         result = judge.grade_mmvet(
             samples,
-            mmvet_results(questions, answers),
+            results,
             cached_grades=cached,
-            on_grade=lambda sample_id, grade: _append(cache, {"id": sample_id, "grade": grade}),
+            on_grade=lambda sample_id, grade: _append(
+                cache, {"id": sample_id, "grade": grade, "answer_text": results[sample_id]}
+            ),
             **settings,
         )
         return ScoreResult(
