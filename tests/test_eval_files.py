@@ -195,3 +195,28 @@ def test_xlsx_round_trip_and_cli_rejects_abbreviations(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["score", "--bench", "gqa", "--eval-root", "r", "--answers", "a", "--output", "o"])
     assert "required: --benchmark" in capsys.readouterr().err
+
+
+def test_images_are_decoded_as_llavas_scripts_decode_them(tmp_path):
+    """LLaVA opens the file and converts to RGB (transparency dropped, not composited on white), also for MMBench's
+    base64 images; a corrupt embedded image is skipped as unreadable."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from recipes.eval.answering import load_question_image
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent, RGB underneath (10, 20, 30)
+    rgba.save(tmp_path / "a.png")
+    image, reason = load_question_image(Question(key="1", text="t", image="a.png", row={}), str(tmp_path))
+    assert reason is None and image.mode == "RGB" and image.getpixel((0, 0)) == (10, 20, 30)
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    embedded = base64.b64encode(buffer.getvalue())
+    image, reason = load_question_image(Question(key="2", text="t", image=embedded, row={}), None)
+    assert reason is None and image.getpixel((3, 3)) == (10, 20, 30)
+    assert load_question_image(Question(key="3", text="t", image=base64.b64encode(b"junk"), row={}), None) == (
+        None,
+        "unreadable",
+    )

@@ -84,11 +84,19 @@ def resolve_image_path(image_folder: str, relative: str) -> tuple[str | None, st
 
 
 def load_question_image(question: Question, image_folder: str | None):
-    """`(PIL image, None)` or `(None, reason)` for the image of `question` (reasons: `SKIP_REASONS`)."""
+    """`(PIL image, None)` or `(None, reason)` for the image of `question` (reasons: `SKIP_REASONS`).
+
+    Decoded as LLaVA's answering scripts decode (`Image.open(...)`, then RGB through `process_images`): with the
+    processor's `load_image_rgb`, i.e. PIL's `.convert("RGB")`, which drops transparency instead of compositing on
+    white (ScienceQA's PNGs have alpha), so the model sees the pixels LLaVA's scripts gave it.
+    """
     import base64
     import binascii
+    import io
 
-    from recipes.data import load_image
+    import PIL.Image
+
+    from processing.processing_sqllava import load_image_rgb
 
     image = question.image
     try:
@@ -99,13 +107,18 @@ def load_question_image(question: Question, image_folder: str | None):
                 data = base64.b64decode(image, validate=True)
             except (binascii.Error, ValueError):
                 data = image  # raw encoded bytes
-            return load_image(data), None
+            try:
+                with PIL.Image.open(io.BytesIO(data)) as opened:
+                    opened.load()
+                    return load_image_rgb(opened), None
+            except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+                raise ValueError(f"the embedded image cannot be decoded ({error})") from error
         if image_folder is None:
             raise ValueError(f"{question.source}: the question has an image but the benchmark has no image folder.")
         path, reason = resolve_image_path(image_folder, image)
         if reason:
             return None, reason
-        return load_image(path), None
+        return load_image_rgb(path), None
     except ValueError as error:
         logger.warning("Skipping question %s: %s", show_key(question.key), error)
         return None, "unreadable"
