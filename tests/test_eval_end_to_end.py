@@ -470,3 +470,11 @@ def test_chunks_answered_into_separate_files_score_together(loaded, root, tmp_pa
     answer(loaded, "gqa", root, tmp_path / "gqa.jsonl", limit=2)
     result = score_answers(get_benchmark("gqa"), root, str(tmp_path / "gqa.jsonl"), limit=2)
     assert result["counts"] == {"questions": 2, "answered": 2, "missing": 0, "skipped_images": {}}
+
+
+def test_answers_file_ends_in_question_order_whatever_order_it_was_answered_in(loaded, root, tmp_path):
+    """LLaVA's eval_pope.py and eval_gpt_review_bench.py pair answers by position: the file is kept in question order."""
+    path = tmp_path / "pope.jsonl"
+    answer(loaded, "pope", root, path, num_chunks=2, chunk_idx=1)  # questions 5-7 first
+    answer(loaded, "pope", root, path, num_chunks=2, chunk_idx=0)  # then 1-4, appended after them
+    assert [r["question_id"] for r in read_jsonl(path)] == [1, 2, 3, 4, 5, 6, 7]
