@@ -404,26 +404,29 @@ def run(
 def shapes_accuracy(
     model, processor, data: dict[str, str], answers_file: str, *, system_prompt: str | None, batch_size: int = 16
 ) -> dict:
-    """A fresh (not resumed) `recipes/evaluate.py` run of the `shapes` preset on `eval.jsonl`; its result dict."""
-    from recipes.evaluate import BENCHMARKS, evaluate_model
+    """A fresh (not resumed) `python -m recipes.eval` answer + score of the `shapes` benchmark on `eval.jsonl`."""
+    from recipes.eval.answering import answer_benchmark
+    from recipes.eval.common import get_benchmark, score_answers
 
-    preset = BENCHMARKS["shapes"]
     if os.path.exists(answers_file):
         os.remove(answers_file)
-    return evaluate_model(
+    benchmark, root = get_benchmark("shapes"), os.path.dirname(data["eval"])
+    report = answer_benchmark(
         model,
         processor,
-        data["eval"],
+        benchmark,
+        root,
         answers_file,
+        question_file=data["eval"],
         image_folder=data["image_folder"],
         batch_size=batch_size,
         max_new_tokens=8,
-        answer_suffix=preset["answer_suffix"],
-        metric=preset["metric"],
-        metric_kwargs=preset["metric_kwargs"],
         system_prompt=system_prompt,
+        model_id=os.path.basename(str(getattr(model, "name_or_path", "") or "model").rstrip("/")),
         progress=False,
     )
+    score = score_answers(benchmark, root, answers_file, question_file=data["eval"])
+    return {"scores": score["metrics"], "images_per_second": report.questions_per_second, "answers": report.as_dict()}
 
 
 def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict:

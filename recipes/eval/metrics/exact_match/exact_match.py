@@ -24,7 +24,10 @@ _CITATION = """\
 _DESCRIPTION = """\
 Exact match between a predicted short answer and the reference answer, after normalising both.
 
-`normalization="gqa"` (default) is the protocol behind the GQA numbers of LLaVA-1.5 and SQ-LLaVA: LLaVA's
+The official GQA protocol (no whitespace stripping) is the `gqa` module; this module scores the synthetic `shapes`
+benchmark and other single-reference short answers.
+
+`normalization="gqa"` (default) follows the protocol behind the GQA numbers of LLaVA-1.5 and SQ-LLaVA: LLaVA's
 `scripts/convert_gqa_for_eval.py` turns each prediction into `text.rstrip(".").lower()` and the official GQA
 `eval.py` then compares strings exactly (GQA answers are already lowercase, without final period). Here the same
 function (after stripping surrounding whitespace) is applied to the reference too, which leaves GQA answers unchanged.
@@ -41,16 +44,16 @@ Args:
     predictions (`list[str]`): the model's answers.
     references (`list[str]`): the ground-truth answers.
     normalization (`str`, defaults to `"gqa"`): `"gqa"`, `"lenient"` or `"none"` (see the description).
-    return_per_sample (`bool`, defaults to `False`): also return `"per_sample"`, 1.0 or 0.0 for each answer.
+    return_per_sample (`bool`, defaults to `False`): also return `"per_sample"` (the same list as `per_question`).
 Returns:
     exact_match (`float`): fraction of answers equal to their reference after normalisation, in [0, 1].
-    per_sample (`list[float]`, only with `return_per_sample=True`).
+    per_question (`list[float]`): 1.0 or 0.0 for each answer.
 Examples:
-    >>> em = evaluate.load("recipes/metrics/exact_match")
+    >>> em = evaluate.load("recipes/eval/metrics/exact_match")
     >>> em.compute(predictions=["Yes.", "the left"], references=["yes", "left"])
-    {'exact_match': 0.5}
+    {'exact_match': 0.5, 'per_question': [1.0, 0.0]}
     >>> em.compute(predictions=["Yes.", "the left"], references=["yes", "left"], normalization="lenient")
-    {'exact_match': 1.0}
+    {'exact_match': 1.0, 'per_question': [1.0, 1.0]}
 """
 
 NORMALIZATIONS = ("gqa", "lenient", "none")
@@ -103,7 +106,7 @@ class ExactMatch(evaluate.Metric):
             float(normalize_answer(prediction, normalization) == normalize_answer(reference, normalization))
             for prediction, reference in zip(predictions, references)
         ]
-        result = {"exact_match": sum(scores) / len(scores) if scores else 0.0}
-        if return_per_sample:
+        result = {"exact_match": sum(scores) / len(scores) if scores else 0.0, "per_question": scores}
+        if return_per_sample:  # the former name of per_question, kept for existing callers
             result["per_sample"] = scores
         return result
