@@ -124,7 +124,9 @@ def preprocessing_seconds(processor, questions, folder, batch_size) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--shape", default=None, choices=["tiny", "7b", "7b-smoke"], help="Default: tiny on cpu, 7b on cuda."
