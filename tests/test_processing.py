@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -390,19 +389,31 @@ def test_tokenize_conversation_roles_on_the_tiny_tokenizer(tiny_processor):
     assert set(plain["token_roles"][17:]) == {1}
 
 
-def test_tokenize_conversation_is_fast(tiny_processor):
-    # LLaVA-665K-like: image + 4 QA rounds, some vuser; target >= 500 conversations/s on one core.
+def test_tokenize_conversation_encodes_once_without_jinja(tiny_processor, monkeypatch):
+    """The training path renders in Python (no jinja) and encodes the whole conversation in one tokenizer pass,
+    whatever its number of turns. (Its throughput is measured by `benchmarks/bench_collator.py`, not asserted.)"""
+    import transformers.utils.chat_template_utils as chat_template_utils
+
     messages = [{"role": "user", "content": "<image>\nWhat colour is the large square at the top left?"}]
     for k in range(4):
         messages.append({"role": "assistant", "content": f"The square at the top left is red and there are {k} more."})
         messages.append({"role": "vuser" if k % 2 else "user", "content": "How many circles are near the center?"})
     messages.append({"role": "assistant", "content": "There are three circles near the center of the image."})
-    tiny_processor.tokenize_conversation(messages)
-    n, start = 300, time.perf_counter()
-    for _ in range(n):
-        tiny_processor.tokenize_conversation(messages)
-    rate = n / (time.perf_counter() - start)
-    assert rate >= 500, f"{rate:.0f} conversations/s"
+    expected = tiny_processor.tokenize_conversation(messages)
+    tokenizer = tiny_processor.tokenizer
+    encode, calls = tokenizer.encode_with_offsets, []
+
+    def counting_encode(*args, **kwargs):
+        calls.append(args)
+        return encode(*args, **kwargs)
+
+    def no_jinja(*args, **kwargs):
+        raise AssertionError("tokenize_conversation rendered the jinja template")
+
+    monkeypatch.setattr(tokenizer, "encode_with_offsets", counting_encode)
+    monkeypatch.setattr(chat_template_utils, "render_jinja_template", no_jinja)
+    assert tiny_processor.tokenize_conversation(messages) == expected
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------- images and calls
