@@ -29,7 +29,6 @@ from processing import (
 )
 from tests.conftest import FIXTURES_DIR, LLAMA_GGUF, REPO_ROOT, other_transformers_python, requires_llama_vocab
 
-
 SYS = LLAVA_SYSTEM_PROMPT
 SQ = SQ_SYSTEM_PROMPT
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])

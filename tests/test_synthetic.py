@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from recipes.synthetic import (
     render_scene,
     scene_of,
 )
-
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,10 +190,6 @@ def test_meta_chance_levels(shapes):
     assert exist["no"] > 0 and exist["yes"] > 0
 
 
-def test_fast_generation(tmp_path):
-    start = time.perf_counter()
-    generate_shapes_dataset(tmp_path, num_train=2000, num_eval=50)
-    assert time.perf_counter() - start < 10.0
 
 
 def test_cli(tmp_path):
