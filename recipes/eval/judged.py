@@ -70,11 +70,27 @@ def _append(path: str | None, record: dict) -> None:
 
 
 class Judged(Benchmark):
+    """A judged benchmark: `folder_name/question_file_name` + `folder_name/images/` under the eval root."""
+
     splits = ("test",)
     default_split = "test"
     scored_splits = ("test",)
     max_new_tokens = 1024  # model_vqa.py
     needs_judge = True
+    folder_name = ""
+    question_file_name = ""
+
+    def folder(self, root):
+        return os.path.join(root, self.folder_name)
+
+    def question_file(self, root, split):
+        return os.path.join(self.folder(root), self.question_file_name)
+
+    def image_folder(self, root, split):
+        return os.path.join(self.folder(root), "images")
+
+    def load_questions(self, root, split, question_file=None, **options):
+        return llava_question_file(question_file or self.question_file(root, split), f"the {self.title} questions")
 
 
 @register
@@ -83,18 +99,8 @@ class LLaVABench(Judged):
     title = "LLaVA-Bench-in-the-wild"
     headline = "relative_score"
     metric_label = "relative score (all)"
-
-    def folder(self, root):
-        return os.path.join(root, "llava-bench-in-the-wild")
-
-    def question_file(self, root, split):
-        return os.path.join(self.folder(root), "questions.jsonl")
-
-    def image_folder(self, root, split):
-        return os.path.join(self.folder(root), "images")
-
-    def load_questions(self, root, split, question_file=None, **options):
-        return llava_question_file(question_file or self.question_file(root, split), "the LLaVA-Bench questions")
+    folder_name = "llava-bench-in-the-wild"
+    question_file_name = "questions.jsonl"
 
     def score(self, root, split, questions, answers, **options):
         settings = judge_settings(self.name, options)
@@ -143,18 +149,8 @@ class MMVet(Judged):
     submit_splits = ("test",)
     headline = "total"
     metric_label = "total score"
-
-    def folder(self, root):
-        return os.path.join(root, "mm-vet")
-
-    def question_file(self, root, split):
-        return os.path.join(self.folder(root), "llava-mm-vet.jsonl")
-
-    def image_folder(self, root, split):
-        return os.path.join(self.folder(root), "images")
-
-    def load_questions(self, root, split, question_file=None, **options):
-        return llava_question_file(question_file or self.question_file(root, split), "the MM-Vet questions")
+    folder_name = "mm-vet"
+    question_file_name = "llava-mm-vet.jsonl"
 
     def score(self, root, split, questions, answers, **options):
         settings = judge_settings(self.name, options)
