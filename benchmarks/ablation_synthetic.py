@@ -206,7 +206,12 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=0, help="cap both stages at this many steps (smoke runs)")
     parser.add_argument("--question-images", type=int, default=20)
     parser.add_argument("--num-questions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1, as recipes.run_tiny: a second one costs far more under load than it gains)",
+    )
     parser.add_argument("--table", default=None, help="also write the markdown table here")
     parser.add_argument("--smoke", action="store_true", help="1 seed, tiny data, 2 steps per stage")
     args = parser.parse_args(argv)
