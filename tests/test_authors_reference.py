@@ -891,3 +891,39 @@ def test_slow_tokenizer_stand_in_equals_transformers_slow_llama_tokenizer(their_
     ]
     for text in texts:
         assert their_tokenizer(text).input_ids == stand_in(text).input_ids, text
+
+
+# ------------------------------------------------------------------------------------------ 4. self-questioning
+
+
+def test_self_question_prompts_equal_their_v1_sq_conversation(authors, tiny_processor, monkeypatch):
+    """recipes/self_question.py against their demo/visual_questioning.py (sqllava/eval/visual_sq.py is the same):
+    the description request and the question prompt are their `v1_sq` conversation's `get_prompt()`, with the BOS
+    their `tokenizer_image_token` adds. (Their scripts call `conv.clear_message()`, which their Conversation class
+    does not define; the conversation it means, the request then the description then `VUSER`, is built here.)"""
+    from PIL import Image
+
+    from recipes.self_question import self_question
+    from tests.test_self_question import ScriptedModel, record_prompts
+
+    description = "A red square."
+    model = ScriptedModel(tiny_processor.tokenizer, description)
+    prompts = record_prompts(tiny_processor, monkeypatch)
+    self_question(model, tiny_processor, Image.new("RGB", (56, 56), "white"), num_questions=1)
+
+    template = authors.conversation.conv_templates["v1_sq"]
+    request = authors.constants.DEFAULT_IMAGE_TOKEN + "\n" + "Can you describe the image in detail?"
+    conv = template.copy()
+    conv.append_message(conv.roles[0], request)
+    conv.append_message(conv.roles[1], None)
+    their_describe = conv.get_prompt()
+    conv = template.copy()
+    conv.append_message(conv.roles[0], request)
+    conv.append_message(conv.roles[1], description)
+    conv.append_message(conv.roles[2], None)
+    their_ask = conv.get_prompt()
+    assert not hasattr(template, "clear_message")
+    assert prompts == [["<s>" + their_describe], ["<s>" + their_ask]]
+    describe, ask = model.calls
+    assert describe["max_new_tokens"] == 1024 and describe["do_sample"] is False
+    assert (ask["temperature"], ask["top_k"], ask["top_p"], ask["max_new_tokens"]) == (1.2, 300, 0.95, 300)
