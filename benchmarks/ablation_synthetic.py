@@ -64,6 +64,8 @@ def question_quality(model, processor, data: dict[str, str], *, num_images: int,
             answer=False,
             seed=seed + i,
             max_new_tokens=24,
+            # The synthetic data's caption request (recipes/synthetic.py), not the authors' detailed-description one.
+            describe_prompt="Describe the image briefly.",
             describe_max_new_tokens=32,
             max_rounds=1,
         )

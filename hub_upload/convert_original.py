@@ -4,7 +4,6 @@
 python -m hub_upload.convert_original \
     --model-base Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12_vicuna-7b-v1.5 \
     --model-path ZachSun/sqllava-lora-7b --vit-lora ZachSun/sqllava-lora-7b/Vit-lora \
-    --vision-tower openai/clip-vit-large-patch14-336 \
     --output-dir outputs/sqllava-7b-hf [--dtype bfloat16] [--push-to-hub your-name/sqllava-7b-hf]
 ```
 
@@ -19,7 +18,12 @@ The released model is four pieces, each with its own key layout:
 - `--vit-lora` (default `<model-path>/Vit-lora`): a PEFT adapter over the CLIP tower
   (`base_model.model.vision_tower.vision_model.encoder.layers.N....lora_A.weight`);
 - `--vision-tower` (default: `mm_vision_tower` of the config): the CLIP checkpoint, with transformers 4.x keys
-  (`vision_model.*`, possibly a full `CLIPModel` with its text tower) or 5.x keys (no `vision_model.` level).
+  (`vision_model.*`, possibly a full `CLIPModel` with its text tower) or 5.x keys (no `vision_model.` level). The
+  authors fine-tune on ShareGPT4V's CLIP (`Lin-Chen/ShareGPT4V-{7B,13B}_Pretrained_vit-large336-l12`, their
+  `scripts/finetune_lora_clu_sq.sh` and `docs/MODEL_ZOO.md`), whose weights differ from OpenAI's CLIP of the same
+  shape, and their loader always loads the config's `mm_vision_tower` (`sqllava/model/builder.py`,
+  `multimodal_encoder/clip_encoder.py`). So a tower of another name (last path component) is refused unless
+  `--allow-other-vision-tower` is given; a local copy of the same Hub repo keeps its folder name and is accepted.
 
 Every released key is either mapped by the tables below or dropped for a reason listed there; any other key fails
 the conversion with its name, and so does any weight of the SQ-LLaVA model that no released key provides. Each LoRA
@@ -27,7 +31,10 @@ is merged with its own scaling (`lora_alpha / r`, `rank_pattern`/`alpha_pattern`
 with `use_rslora`), in float32. `<image>` and `<pad>` are added to the tokenizer (Vicuna has neither: the original
 code used the placeholder id -200) and the embeddings are padded to a multiple of 64; the new rows are the mean of
 the existing ones (LLaVA's own convention), so a new token's logit is the vocabulary's mean logit and is never the
-greedy choice. The model is built on the meta device and loaded with `strict=True`.
+greedy choice. These 64 extra rows (32000 -> 32064 for Vicuna) lower every per-token log-probability by at most
+log(1 + 64/32000) ~ 0.002 nats against the released model (a new logit is the mean one, and exp(mean) <= mean(exp));
+greedy decoding is unaffected, and only log-likelihood scoring sees the difference. The model is built on the meta
+device and loaded with `strict=True`.
 
 The default export dtype is bfloat16, the dtype the released weights were trained in (`--bf16 True` in the authors'
 training scripts; their evaluation scripts cast to float16, which `--dtype float16` gives). Merging and the
@@ -77,6 +84,17 @@ LLM_DROPPED_KEYS: dict[str, str] = {
     r"^model\.mm_projector\.": "the base checkpoint's own projector; SQ-LLaVA's comes from non_lora_trainables",
     r"^model\.vision_tower\.": "the original loader ignores the base's vision weights and loads mm_vision_tower",
 }
+# The LLM adapter (`--model-path`) also holds a copy of the ViT-LoRA, under `model.vision_tower.vision_tower.`: the
+# authors' train.py saves every `lora_` parameter of the model, the CLIP tower's included (train.py:1239-1249), and
+# their loader merges this adapter before the CLIP tower is built (builder.py:78-81 vs 140-147), so the copy is never
+# applied. Vit-lora/ is what they merge into the tower; `convert_state_dicts` checks the two agree.
+LLM_LORA_DROPPED_KEYS: dict[str, str] = {
+    **{pattern: reason for pattern, reason in LLM_DROPPED_KEYS.items() if pattern != r"^model\.vision_tower\."},
+    r"^model\.vision_tower\.": "the ViT-LoRA's copy in the LLM adapter (train.py saves every lora_ parameter); the "
+    "authors' loader merges the LLM adapter before CLIP exists, so only Vit-lora/ reaches the tower",
+}
+# Where that copy sits in the LLM adapter; below it the keys are those of the ViT-LoRA below its own prefix.
+LLM_LORA_VIT_COPY_PREFIX = "base_model.model.model.vision_tower.vision_tower."
 
 # CLIP vision checkpoint (`--vision-tower`; 4.x `vision_model.*` or 5.x keys) -> the truncated vision tower. Layers
 # at or after `num_vision_layers` are dropped separately (never run with vision_feature_layer=-2).
@@ -300,6 +318,15 @@ def load_weights(folder: str | os.PathLike, stems: tuple[str, ...]) -> dict[str,
     return state
 
 
+def _tower_name(path_or_repo: str) -> str:
+    """The last path component of a Hub id or folder; for a Hub cache snapshot (`models--owner--name/snapshots/
+    <revision>`) the repo's name, so that the cached copy of `mm_vision_tower` counts as that tower."""
+    path = Path(path_or_repo.rstrip("/\\"))
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
+
+
 def resolve_folder(path_or_repo: str, name: str, allow_patterns: list[str] | None = None) -> Path:
     """A local folder, or a Hub repo (`owner/name[/subfolder]`) downloaded with `snapshot_download`."""
     if Path(path_or_repo).is_dir():
@@ -377,10 +404,14 @@ def merge_lora(
     dropped_log: dict[str, str],
     key_filter=None,
     where: str | None = None,
+    identity_adapters: list[str] | None = None,
 ) -> int:
     """Merge `W += scaling * B @ A` (float32) into `state_dict` for every LoRA pair; returns the number merged.
 
-    `where` (the adapter's file) is named in the errors.
+    `where` (the adapter's file) is named in the errors. When every merged `lora_B` is zero the adapter is the
+    identity (PEFT initialises B to zero, so an adapter that never received a gradient is one): a warning says so and
+    `source` is appended to `identity_adapters`. The authors' ViT-LoRA is such an adapter if trained by their
+    published code: `CLIPVisionTower.forward` runs under `@torch.no_grad()` (clip_encoder.py:46).
     """
     name = f"{source} ({where})" if where else source
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -397,6 +428,7 @@ def merge_lora(
             f"{name} has {len(unknown)} key(s) that are not LoRA A/B weights under {prefixes}: {sorted(unknown)[:20]}."
         )
     merged = 0
+    all_zero = True
     for module, parts in sorted(pairs.items()):
         if set(parts) != {"A", "B"}:
             raise ConversionError(f"{name}: LoRA of {module!r} has only lora_{''.join(parts)}; both A and B needed.")
@@ -421,6 +453,17 @@ def merge_lora(
         scaling = lora_scaling(adapter_config, module, lora_a.shape[0])
         state_dict[target] = weight.float() + scaling * (lora_b @ lora_a)
         merged += 1
+        all_zero = all_zero and not lora_b.any()
+    if merged and all_zero:
+        logger.warning(
+            "%s: every lora_B of its %d merged LoRA layers is zero, so the adapter is the identity and merging it "
+            "changes no weight (an adapter that was never trained; the authors' ViT-LoRA trained by their published "
+            "code is one, since their CLIPVisionTower.forward runs under torch.no_grad()).",
+            name,
+            merged,
+        )
+        if identity_adapters is not None:
+            identity_adapters.append(source)
     return merged
 
 
@@ -454,7 +497,25 @@ def build_sqllava_config(
         raise ValueError(
             "config.json sets mm_use_im_start_end=true (image start/end tokens), which SQ-LLaVA does not use."
         )
-    aspect = llava_config.get("image_aspect_ratio", "pad")
+    # The authors' code treats a missing value as no padding (mm_utils.py:28-37 `process_images`; train.py:71 defaults
+    # to 'square'), which the processor does not reproduce: no silent 'pad'.
+    if "image_aspect_ratio" not in llava_config:
+        raise ValueError(
+            "config.json has no image_aspect_ratio; the authors' code then resizes and center-crops without padding "
+            'to a square, which the SQ-LLaVA processor does not reproduce. Add "image_aspect_ratio": "pad" to '
+            "config.json if the model was trained with padded images (the released models were: their scripts pass "
+            "--image_aspect_ratio pad)."
+        )
+    # Their tower reads the key unconditionally (clip_encoder.py:14) and their training default is -1 (train.py:55),
+    # not LLaVA-1.5's -2: no silent -2 either.
+    if "mm_vision_select_layer" not in llava_config:
+        raise ValueError(
+            "config.json has no mm_vision_select_layer (the CLIP hidden state fed to the projector); the authors' "
+            "tower requires it and their training default is -1, not LLaVA-1.5's -2. Add the layer the model was "
+            'trained with to config.json ("mm_vision_select_layer": -2 for the released SQ-LLaVA models, whose '
+            "scripts pass --mm_vision_select_layer -2)."
+        )
+    aspect = llava_config["image_aspect_ratio"]
     if aspect != "pad":
         raise ValueError(
             f"config.json has image_aspect_ratio={aspect!r}; the SQ-LLaVA processor reproduces 'pad' preprocessing only."
@@ -484,7 +545,7 @@ def build_sqllava_config(
         text_config=text_config,
         image_token_id=image_token_id,
         pad_token_id=pad_token_id,
-        vision_feature_layer=llava_config.get("mm_vision_select_layer", -2),
+        vision_feature_layer=llava_config["mm_vision_select_layer"],
         vision_feature_select_strategy=strategies[select_feature],
         projector_type="prototype",
         num_prototypes=num_prototypes,
@@ -530,7 +591,13 @@ def convert_state_dicts(
             `"llm-lora"`, `"vit-lora"`), named in the errors.
 
     Returns:
-        `(state_dict, report)`; report has `dropped` (`{key: reason}`) and `merged_lora` (`{"llm": n, "vit": n}`).
+        `(state_dict, report)`; report has `dropped` (`{key: reason}`), `merged_lora` (`{"llm": n, "vit": n}`),
+        `identity_adapters` (`["vit-lora"]` when its lora_B are all zero, see `merge_lora`) and
+        `vit_lora_copies_checked` (tensors of the LLM adapter's ViT-LoRA copy found equal to `vit_lora`'s).
+
+    Raises:
+        ConversionError (a `ValueError`): besides unknown and missing keys, a ViT-LoRA copy in the LLM adapter that
+            differs from `vit_lora` (the two folders come from different runs).
     """
     dropped: dict[str, str] = {}
     num_layers = config.num_vision_layers
@@ -566,6 +633,10 @@ def convert_state_dicts(
     state = {k: v.float() for k, v in state.items()}
 
     merged = {"llm": 0, "vit": 0}
+    identity_adapters: list[str] = []
+    copies_checked = 0
+    if llm_lora is not None and vit_lora is not None:
+        copies_checked = check_vit_lora_copy(llm_lora[0], vit_lora[0], sources=sources)
     if llm_lora is not None:
         merged["llm"] = merge_lora(
             state,
@@ -573,10 +644,11 @@ def convert_state_dicts(
             llm_lora[1],
             prefixes=LLM_LORA_PREFIXES,
             renames=LLM_KEY_RENAMES,
-            dropped=LLM_DROPPED_KEYS,
+            dropped=LLM_LORA_DROPPED_KEYS,
             source="llm-lora",
             dropped_log=dropped,
             where=sources.get("llm-lora"),
+            identity_adapters=identity_adapters,
         )
     if vit_lora is not None:
         merged["vit"] = merge_lora(
@@ -590,13 +662,59 @@ def convert_state_dicts(
             dropped_log=dropped,
             key_filter=keep_used_vision_layers,
             where=sources.get("vit-lora"),
+            identity_adapters=identity_adapters,
         )
 
     vocab = config.text_config.vocab_size
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         if key in state:
             state[key] = _pad_vocab_rows(state[key], vocab)
-    return state, {"dropped": dropped, "merged_lora": merged}
+    report = {
+        "dropped": dropped,
+        "merged_lora": merged,
+        "identity_adapters": identity_adapters,
+        "vit_lora_copies_checked": copies_checked,
+    }
+    return state, report
+
+
+def check_vit_lora_copy(
+    llm_adapter: Mapping[str, torch.Tensor],
+    vit_adapter: Mapping[str, torch.Tensor],
+    *,
+    sources: Mapping[str, str] | None = None,
+) -> int:
+    """Check the LLM adapter's copy of the ViT-LoRA against the ViT-LoRA itself; returns the tensors compared.
+
+    The authors save both from the same parameters (train.py:1239-1258), so every tensor present in both must be
+    equal; a difference means the LLM adapter and Vit-lora/ come from different runs (or were altered).
+
+    Raises:
+        ConversionError (a `ValueError`): naming the first differing key of each file.
+    """
+    sources = sources or {}
+    vit_by_key = {}
+    for key, tensor in vit_adapter.items():
+        prefix = next((p for p in VIT_LORA_PREFIXES if key.startswith(p)), None)
+        if prefix is not None:
+            # Below their prefixes both adapters name the CLIP model's own modules (`vision_model.encoder...`).
+            vit_by_key[key[len(prefix) :]] = (key, tensor)
+    compared = 0
+    for key, tensor in sorted(llm_adapter.items()):
+        if not key.startswith(LLM_LORA_VIT_COPY_PREFIX):
+            continue
+        vit_key, vit_tensor = vit_by_key.get(key[len(LLM_LORA_VIT_COPY_PREFIX) :], (None, None))
+        if vit_key is None:
+            continue
+        if tuple(tensor.shape) != tuple(vit_tensor.shape) or not torch.equal(tensor.float(), vit_tensor.float()):
+            raise ConversionError(
+                f"The LLM adapter's copy of the ViT-LoRA differs from the ViT-LoRA: {key!r} "
+                f"({sources.get('llm-lora', 'llm-lora')}) vs {vit_key!r} ({sources.get('vit-lora', 'vit-lora')}). "
+                "The authors save both from the same parameters, so --model-path and --vit-lora come from different "
+                "runs: pass the Vit-lora folder released with this model."
+            )
+        compared += 1
+    return compared
 
 
 @contextlib.contextmanager
@@ -681,6 +799,7 @@ def convert_original_checkpoint(
     repo_id: str | None = None,
     base_model_id_for_card: str | list[str] | None = None,
     license: str = "llama2",
+    allow_other_vision_tower: bool = False,
 ) -> dict[str, Any]:
     r"""Convert a released SQ-LLaVA checkpoint into a verified Hub-ready folder.
 
@@ -690,7 +809,9 @@ def convert_original_checkpoint(
         output_dir (`str`): where the export is written.
         vit_lora (`str`, *optional*): the ViT-LoRA adapter folder (default `<model_path>/Vit-lora` when it exists;
             without one the CLIP tower is used as released, with a warning).
-        vision_tower (`str`, *optional*): CLIP folder or Hub id (default `mm_vision_tower` of the config).
+        vision_tower (`str`, *optional*): CLIP folder or Hub id (default `mm_vision_tower` of the config). Its last
+            path component must be that of `mm_vision_tower` (a local copy of the same repo), unless
+            `allow_other_vision_tower`.
         tokenizer (`str`, *optional*): tokenizer folder (default `model_base`, then `model_path`).
         dtype (`str`, *optional*, defaults to `"bfloat16"`): export dtype (the released models were trained in
             bfloat16; `"float16"` is what the authors' evaluation ran in).
@@ -702,10 +823,18 @@ def convert_original_checkpoint(
         base_model_id_for_card (`str` or `list[str]`, *optional*): card `base_model` metadata (default: the Hub ids
             among `model_path`, `model_base`).
         license (`str`, *optional*, defaults to `"llama2"`): card license.
+        allow_other_vision_tower (`bool`, *optional*, defaults to `False`): accept a `vision_tower` that is not the
+            config's `mm_vision_tower` (the converted model then differs from the released one).
 
     Returns:
         `dict`: the export report (`files`, `max_relative_error`, `tolerance`, ...) plus `dropped` (every released key
-        not carried over, with its reason) and `merged_lora` (LoRA layers merged per tower).
+        not carried over, with its reason), `merged_lora` (LoRA layers merged per tower), `identity_adapters` (the
+        adapters whose lora_B are all zero, merged as the identity), `vit_lora_copies_checked` and `vision_tower`
+        (the CLIP checkpoint used).
+
+    Raises:
+        ValueError: `vision_tower` names another tower than `mm_vision_tower` (without `allow_other_vision_tower`), a
+            config field the conversion needs is missing or unsupported, or a released file is damaged.
 
     Example:
 
@@ -742,7 +871,20 @@ def convert_original_checkpoint(
         vit_lora = str(model_path_dir / "Vit-lora")
     if vit_lora is None:
         logger.warning("No ViT-LoRA given (and no %s/Vit-lora): the CLIP tower is used without it.", model_path)
-    vision_tower = vision_tower or llava_config.get("mm_vision_tower")
+    configured_tower = llava_config.get("mm_vision_tower")
+    if vision_tower and configured_tower and not allow_other_vision_tower:
+        given, configured = _tower_name(vision_tower), _tower_name(configured_tower)
+        if given != configured:
+            # The authors' loader always builds the tower from mm_vision_tower (builder.py:140-142,
+            # clip_encoder.py:30-31); an OpenAI CLIP in place of ShareGPT4V's fine-tuned one has the same shapes, so
+            # nothing else would catch it.
+            raise ValueError(
+                f"vision_tower={vision_tower!r} ({given!r}) is not the tower the model was trained with: "
+                f"{config_path} has mm_vision_tower={configured_tower!r} ({configured!r}). Pass that tower (or a "
+                "local copy of it, same folder name), or --allow-other-vision-tower (allow_other_vision_tower=True) "
+                "to convert with another one on purpose."
+            )
+    vision_tower = vision_tower or configured_tower
     if not vision_tower:
         raise ValueError("config.json has no mm_vision_tower; pass --vision-tower (the CLIP checkpoint).")
     vision_dir = resolve_folder(vision_tower, "vision_tower")
@@ -856,6 +998,12 @@ def convert_original_checkpoint(
                 "vision_tower": vision_tower,
                 "merged LLM-LoRA layers": conversion["merged_lora"]["llm"],
                 "merged ViT-LoRA layers": conversion["merged_lora"]["vit"],
+                # An all-zero lora_B adapter merges as the identity: the card says what the weights really contain.
+                **(
+                    {"identity adapters (all lora_B zero, merged as no change)": conversion["identity_adapters"]}
+                    if conversion["identity_adapters"]
+                    else {}
+                ),
             }
         },
         license=license,
@@ -874,6 +1022,7 @@ def convert_original_checkpoint(
         "files": files,
         "dtype": dtype,
         "verified": False,
+        "vision_tower": vision_tower,
         **conversion,
     }
     if verify:
@@ -895,6 +1044,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model-path", required=True, help="Released model: config.json, LoRA, non_lora_trainables.")
     parser.add_argument("--vit-lora", default=None, help="ViT-LoRA adapter (default <model-path>/Vit-lora).")
     parser.add_argument("--vision-tower", default=None, help="CLIP checkpoint (default mm_vision_tower).")
+    parser.add_argument(
+        "--allow-other-vision-tower",
+        action="store_true",
+        help="Accept a --vision-tower of another name than the config's mm_vision_tower.",
+    )
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder (default: --model-base).")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -922,6 +1076,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         verify=not args.no_verify,
         repo_id=args.push_to_hub,
         base_model_id_for_card=args.base_model_id_for_card,
+        allow_other_vision_tower=args.allow_other_vision_tower,
     )
     if args.push_to_hub:
         from hub_upload.push import push_folder

@@ -458,6 +458,9 @@ def evaluate_export(export_dir: str, data: dict[str, str], *, seed: int) -> dict
         answer=True,
         seed=seed,
         max_new_tokens=32,
+        # The synthetic data's caption request (recipes/synthetic.py), not the authors' detailed-description one.
+        describe_prompt="Describe the image briefly.",
+        describe_max_new_tokens=32,
     )
     return {
         "accuracy": result["scores"]["exact_match"],

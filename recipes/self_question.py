@@ -1,12 +1,14 @@
 """Self-questioning inference: the model describes an image, asks questions about it, and may answer them.
 
 SQ-LLaVA is trained to ask as well as to answer: in stage 2 some user questions become turns of a "virtual user"
-(`vuser`) and the model learns to generate them. At inference the paper's recipe is: describe the image first (greedy,
-assistant role), then sample questions from a `VUSER:` generation prompt with temperature 1.2, top-k 300, top-p 0.95
-(up to 300 new tokens), under the self-questioning system prompt. Each question is sampled independently from the same
-context (image + description), so they do not condition on each other; empty and duplicate questions are dropped,
-counted, and redrawn (up to `max_rounds` rounds). With `answer=True` the model then answers its own questions (greedy,
-assistant role, the question kept as the vuser turn it was trained on).
+(`vuser`) and the model learns to generate them. At inference the authors' recipe (demo/visual_questioning.py and
+sqllava/eval/visual_sq.py, conversation mode `v1_sq`) is one conversation under the self-questioning system prompt:
+"Can you describe the image in detail?" answered greedily (up to 1024 new tokens, assistant role), then questions
+sampled from a `VUSER:` generation prompt with temperature 1.2, top-k 300, top-p 0.95 (up to 300 new tokens). Each
+question is sampled independently from the same context (image + description), so they do not condition on each
+other; empty and duplicate questions are dropped, counted, and redrawn (up to `max_rounds` rounds). With
+`answer=True` the model then answers its own questions (greedy, assistant role, the question kept as the vuser turn
+it was trained on; the authors' scripts stop at the questions).
 
 Batch mode turns a folder of images into a new instruction dataset: LLaVA JSON (loads with
 `recipes.data.load_llava_json`), or an HF dataset with `images` + `messages` columns saved to disk or pushed to the Hub.
@@ -44,7 +46,9 @@ from typing import Any
 _SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 logger = logging.getLogger(__name__)
 
-DESCRIBE_PROMPT = "Describe the image briefly."
+# The authors' description request and budget (demo/visual_questioning.py:38 and :53, sqllava/eval/visual_sq.py:59).
+DESCRIBE_PROMPT = "Can you describe the image in detail?"
+DESCRIBE_MAX_NEW_TOKENS = 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # A question the model continued past its end ("... color?</s> ASSISTANT: Red.") is cut at the next role tag.
 _ROLE_TAG = re.compile(r"\b(?:VUSER|USER|ASSISTANT|SYSTEM)\s*:")
@@ -176,7 +180,7 @@ def self_question(
     top_k: int = 300,
     top_p: float = 0.95,
     max_new_tokens: int = 300,
-    describe_max_new_tokens: int | None = None,
+    describe_max_new_tokens: int | None = DESCRIBE_MAX_NEW_TOKENS,
     answer_max_new_tokens: int | None = None,
     max_rounds: int = 3,
     seed: int = 0,
@@ -189,14 +193,15 @@ def self_question(
         image: a path, a `PIL.Image.Image`, or bytes.
         num_questions: questions to keep (after dropping empty and duplicate ones).
         answer: also answer each question (greedy).
-        describe_prompt: the instruction the description answers.
+        describe_prompt: the instruction the description answers (the authors' "Can you describe the image in
+            detail?" by default).
         description: skip the description step and use this one.
-        system_prompt: replaces the chat template's defaults (LLaVA-1.5 prompt for describing and answering, the
-            self-questioning prompt when a vuser turn is present or generated).
+        system_prompt: the system prompt of every step, describing, asking and answering (default: the
+            self-questioning prompt `SQ_SYSTEM_PROMPT`, as the authors' `v1_sq` conversation uses throughout).
         temperature, top_k, top_p: question sampling (the paper's 1.2, 300, 0.95 by default).
         max_new_tokens: budget per question.
-        describe_max_new_tokens, answer_max_new_tokens: budgets of the description and the answers (default
-            `max_new_tokens`).
+        describe_max_new_tokens: budget of the description (the authors' 1024 by default; `None` is also 1024).
+        answer_max_new_tokens: budget of each answer (default `max_new_tokens`).
         max_rounds: sampling rounds to replace dropped questions before returning fewer than `num_questions`.
         seed: seeds the sampling; the same seed, model and image give the same result.
 
@@ -212,10 +217,16 @@ def self_question(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} must be in (0, 1].")
     pil_image, image_path = _image_of(image)
-    describe_max_new_tokens = describe_max_new_tokens or max_new_tokens
+    describe_max_new_tokens = describe_max_new_tokens or DESCRIBE_MAX_NEW_TOKENS
     answer_max_new_tokens = answer_max_new_tokens or max_new_tokens
     greedy = {"do_sample": False, "num_beams": 1}
-    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    if system_prompt is None:
+        from processing import SQ_SYSTEM_PROMPT
+
+        system_prompt = SQ_SYSTEM_PROMPT
+    # One system prompt for the whole conversation, as the authors' v1_sq template (sqllava/conversation.py:264-278):
+    # the chat template alone would render the description under LLaVA's prompt (no vuser turn yet).
+    system = [{"role": "system", "content": system_prompt}]
     context = [{"role": "user", "content": "<image>\n" + describe_prompt}]
 
     def render(messages: list[dict[str, str]], role: str) -> str:
@@ -605,12 +616,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--public", action="store_true", help="Create the pushed dataset repo public.")
     parser.add_argument("--describe-prompt", default=DESCRIBE_PROMPT)
-    parser.add_argument("--system-prompt", default=None, help="Replace the chat template's default system prompts.")
+    parser.add_argument(
+        "--system-prompt", default=None, help="System prompt of every step (default: the self-questioning one)."
+    )
     parser.add_argument("--temperature", type=float, default=1.2)
     parser.add_argument("--top-k", type=int, default=300)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-new-tokens", type=int, default=300, help="Budget per question.")
-    parser.add_argument("--describe-max-new-tokens", type=int, default=None)
+    parser.add_argument("--describe-max-new-tokens", type=int, default=DESCRIBE_MAX_NEW_TOKENS)
     parser.add_argument("--answer-max-new-tokens", type=int, default=None)
     parser.add_argument("--max-rounds", type=int, default=3, help="Rounds to redraw empty/duplicate questions.")
     parser.add_argument("--seed", type=int, default=0)

@@ -442,6 +442,7 @@ def released_by_their_code(authors, tmp_path_factory):
         pretrain_mm_mlp_adapter=None, mm_projector_type="cluster", data_aug=None,
     )  # fmt: skip
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=None)
+    model.config.image_aspect_ratio = "pad"  # train.py:1149, from --image_aspect_ratio pad of their finetune script
     vision_tower = model.get_vision_tower()
     load_their_vision_tower(vision_tower)
     vision_tower.double()
@@ -510,6 +511,52 @@ def test_their_training_code_saves_the_layout_the_converter_assumes(released_by_
     assert len(llm) == len(llm_layers) + len(vit_copies)
 
 
+def test_their_vision_tower_gives_the_vit_lora_no_gradient_and_the_converter_calls_it_the_identity(
+    authors, released_by_their_code, tmp_path
+):
+    """Their CLIPVisionTower.forward runs under @torch.no_grad() (clip_encoder.py:46) and is what encode_images calls
+    (llava_arch.py:99): the ViT-LoRA they add (train.py:1165-1173) never receives a gradient, so lora_B keeps PEFT's
+    zero initialisation and the saved Vit-lora/ (train.py:1254-1258) is the identity, which the converter reports."""
+    import peft
+
+    from hub_upload.convert_original import build_sqllava_config, convert_state_dicts, load_weights
+
+    released = released_by_their_code
+    args = SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    tower = authors.clip_encoder.CLIPVisionTower(str(released.clip_dir), args=args, delay_load=True)
+    load_their_vision_tower(tower)
+    targets = authors.train["find_all_linear_names"](tower)
+    wrapped = peft.get_peft_model(
+        tower, peft.LoraConfig(**LORA, target_modules=targets, lora_dropout=0.2, bias="none")
+    )
+    wrapped.train()
+    lora = [p for n, p in wrapped.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    features = tower(torch.randn(1, 3, 336, 336))
+    assert features.shape == (1, 576, VISION["hidden_size"]) and not features.requires_grad  # no loss reaches it
+    vit_state = authors.train["get_peft_state_maybe_zero_3"](wrapped.named_parameters(), "none")
+    wrapped.save_pretrained(tmp_path / "Vit-lora", state_dict=vit_state)
+
+    config = build_sqllava_config(
+        json.loads((released.out / "config.json").read_text()),
+        json.loads((released.clip_dir / "config.json").read_text()),
+        vocab_size=128, image_token_id=96, pad_token_id=97,
+    )  # fmt: skip
+    pieces = {
+        "llm_state": torch.load(released.base_dir / "pytorch_model.bin"),
+        "vision_state": load_weights(released.clip_dir, ("model",)),
+        "projector_state": torch.load(released.out / "non_lora_trainables.bin"),
+    }
+    vit = (
+        load_weights(tmp_path / "Vit-lora", ("adapter_model",)),
+        json.loads((tmp_path / "Vit-lora" / "adapter_config.json").read_text()),
+    )
+    state, report = convert_state_dicts(config, **pieces, vit_lora=vit)
+    assert report["merged_lora"]["vit"] == 2 * 6 and report["identity_adapters"] == ["vit-lora"]
+    without, _ = convert_state_dicts(config, **pieces)
+    assert all(torch.equal(state[k], without[k]) for k in without)
+
+
 def test_converted_model_equals_their_loader_and_forward(authors, released_by_their_code):
     """Their loader (builder.py `load_pretrained_model`: base, non_lora_trainables, LLM LoRA merged, CLIP loaded, ViT
     LoRA merged) and their forward (`<image>` spliced at -200, loss) against convert_state_dicts + our model, on a
@@ -564,6 +611,8 @@ def test_converted_model_equals_their_loader_and_forward(authors, released_by_th
     # 2 layers x 7 LLM modules; CLIP layers 0-1 x 6 modules (layer 2 runs after vision_feature_layer=-2).
     assert report["merged_lora"] == {"llm": 14, "vit": 12}
     assert sum(k.startswith("llm-lora:model.vision_tower.") for k in report["dropped"]) == 3 * 6
+    # That copy is saved from the same parameters as Vit-lora/ (train.py:1239-1258): every tensor of it is checked.
+    assert report["vit_lora_copies_checked"] == 2 * 3 * 6 and report["identity_adapters"] == []
     ours = build_model(config, state).double().eval()
 
     # ---- the batch: theirs with one -200 per image (pad 0 = unk, as their collator), ours with 576 image ids.
@@ -842,3 +891,39 @@ def test_slow_tokenizer_stand_in_equals_transformers_slow_llama_tokenizer(their_
     ]
     for text in texts:
         assert their_tokenizer(text).input_ids == stand_in(text).input_ids, text
+
+
+# ------------------------------------------------------------------------------------------ 4. self-questioning
+
+
+def test_self_question_prompts_equal_their_v1_sq_conversation(authors, tiny_processor, monkeypatch):
+    """recipes/self_question.py against their demo/visual_questioning.py (sqllava/eval/visual_sq.py is the same):
+    the description request and the question prompt are their `v1_sq` conversation's `get_prompt()`, with the BOS
+    their `tokenizer_image_token` adds. (Their scripts call `conv.clear_message()`, which their Conversation class
+    does not define; the conversation it means, the request then the description then `VUSER`, is built here.)"""
+    from PIL import Image
+
+    from recipes.self_question import self_question
+    from tests.test_self_question import ScriptedModel, record_prompts
+
+    description = "A red square."
+    model = ScriptedModel(tiny_processor.tokenizer, description)
+    prompts = record_prompts(tiny_processor, monkeypatch)
+    self_question(model, tiny_processor, Image.new("RGB", (56, 56), "white"), num_questions=1)
+
+    template = authors.conversation.conv_templates["v1_sq"]
+    request = authors.constants.DEFAULT_IMAGE_TOKEN + "\n" + "Can you describe the image in detail?"
+    conv = template.copy()
+    conv.append_message(conv.roles[0], request)
+    conv.append_message(conv.roles[1], None)
+    their_describe = conv.get_prompt()
+    conv = template.copy()
+    conv.append_message(conv.roles[0], request)
+    conv.append_message(conv.roles[1], description)
+    conv.append_message(conv.roles[2], None)
+    their_ask = conv.get_prompt()
+    assert not hasattr(template, "clear_message")
+    assert prompts == [["<s>" + their_describe], ["<s>" + their_ask]]
+    describe, ask = model.calls
+    assert describe["max_new_tokens"] == 1024 and describe["do_sample"] is False
+    assert (ask["temperature"], ask["top_k"], ask["top_p"], ask["max_new_tokens"]) == (1.2, 300, 0.95, 300)

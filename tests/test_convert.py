@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import torch
 from torch.nn import functional
 
 from hub_upload.convert_original import (
+    LLM_LORA_VIT_COPY_PREFIX,
     ConversionError,
     build_model,
     build_sqllava_config,
@@ -460,6 +462,15 @@ def test_rejects_configs_the_converter_cannot_reproduce(released):
             )
 
 
+@pytest.mark.parametrize("field", ["image_aspect_ratio", "mm_vision_select_layer"])
+def test_missing_preprocessing_fields_are_errors_not_assumed(released, field):
+    """A config without `image_aspect_ratio` is not 'pad' (the authors' `process_images` then skips the padding) and
+    one without `mm_vision_select_layer` is not -2 (their tower requires it; their training default is -1)."""
+    config = {k: v for k, v in released["llava_config"].items() if k != field}
+    with pytest.raises(ValueError, match=rf"config.json has no {field}\b.*Add"):
+        build_sqllava_config(config, VISION, vocab_size=704, image_token_id=700, pad_token_id=701)
+
+
 def test_vicuna_vocabulary_gets_image_32000_pad_32001_and_32064_rows(tmp_path, llama_tokenizer):
     """With the real Llama/Vicuna vocabulary: the ids llava-hf uses and the embeddings padded to a multiple of 64."""
     import copy
@@ -481,6 +492,112 @@ def test_vicuna_vocabulary_gets_image_32000_pad_32001_and_32064_rows(tmp_path, l
     processor = SQLlavaProcessor.from_pretrained(output)
     assert processor.tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [32000, 32001]
     assert processor.tokenizer.pad_token_id == 32001
+
+    # The 64 mean rows lower a real token's log-probability by at most log(1 + 64/32000) (the converter's docstring),
+    # against the released model's softmax over its 32000 rows; the greedy token is never a new one.
+    from modeling_sqllava import SQLlavaForConditionalGeneration
+
+    model = SQLlavaForConditionalGeneration.from_pretrained(output, dtype=torch.float64).eval()
+    input_ids = torch.randint(3, 32000, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits[0]
+    released_logprobs = torch.log_softmax(logits[:, :32000], dim=-1)
+    shift = released_logprobs - torch.log_softmax(logits, dim=-1)[:, :32000]
+    assert shift.min() > 0 and shift.max() <= math.log(1 + 64 / 32000) + 1e-12
+    assert (logits.argmax(-1) < 32000).all()
+
+
+def test_docstring_example_keeps_the_configured_vision_tower():
+    """The example command must not override mm_vision_tower (OpenAI's CLIP is not the released ShareGPT4V tower)."""
+    import hub_upload.convert_original as module
+
+    example = module.__doc__.split("```bash")[1].split("```")[0]
+    assert "--vision-tower" not in example and "--model-path" in example
+
+
+def test_a_vision_tower_other_than_mm_vision_tower_is_refused_unless_allowed(tmp_path, released):
+    """The authors' loader always loads mm_vision_tower; a tower of another name is an error naming both and the
+    override; a local copy of the same folder name, or the override, converts, and the report names the tower."""
+    import shutil
+
+    other = tmp_path / "clip-vit-large-patch14-336"
+    same_name = tmp_path / "copy" / released["clip_dir"].name
+    shutil.copytree(released["clip_dir"], other)
+    shutil.copytree(released["clip_dir"], same_name)
+    common = {
+        "model_base": str(released["base"]), "model_path": str(released["model_path"]), "dtype": "float32",
+        "num_prototypes": NUM_PROTOTYPES, "verify": False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"'clip-vit-large-patch14-336'.*mm_vision_tower=.*'clip'.*--allow-other-vis"):
+        convert_original_checkpoint(**common, vision_tower=str(other), output_dir=str(tmp_path / "refused"))
+    report = convert_original_checkpoint(**common, vision_tower=str(same_name), output_dir=str(tmp_path / "same"))
+    assert report["vision_tower"] == str(same_name)
+    report = convert_main([
+        "--model-base", str(released["base"]), "--model-path", str(released["model_path"]), "--dtype", "float32",
+        "--output-dir", str(tmp_path / "other"), "--num-prototypes", str(NUM_PROTOTYPES), "--no-verify",
+        "--vision-tower", str(other), "--allow-other-vision-tower",
+    ])  # fmt: skip
+    assert report["vision_tower"] == str(other)
+
+
+def test_an_all_zero_lora_b_adapter_is_reported_as_the_identity(tmp_path, released, caplog):
+    """An untrained ViT-LoRA (lora_B zero, as PEFT initialises it) merges as no change: warned, reported, carded."""
+    import logging
+
+    from huggingface_hub import ModelCard
+
+    _, report = convert_state_dicts(_config_for(released), **_pieces(released))
+    assert report["identity_adapters"] == []
+    folders = _damaged_copy(released, tmp_path)
+    _rewrite_bin(
+        folders["vit_dir"] / "adapter_model.bin",
+        lambda s: s.update({k: torch.zeros_like(v) for k, v in s.items() if ".lora_B." in k}),
+    )
+    with caplog.at_level(logging.WARNING, logger="hub_upload.convert_original"):
+        report = convert_original_checkpoint(
+            model_base=str(folders["base"]), model_path=str(folders["model_path"]), output_dir=str(tmp_path / "out"),
+            dtype="float32", num_prototypes=NUM_PROTOTYPES, verify=False,
+        )  # fmt: skip
+    assert report["identity_adapters"] == ["vit-lora"] and report["merged_lora"] == {"llm": 14, "vit": 12}
+    assert any("vit-lora" in r.message and "is the identity" in r.message for r in caplog.records)
+    card = ModelCard.load(tmp_path / "out" / "README.md").text
+    assert "identity adapters" in card and "vit-lora" in card
+
+
+def _with_vit_copy(released: dict, edit=None) -> dict:
+    """The LLM adapter as the authors' train.py saves it: with a copy of the ViT-LoRA under the LLaVA model's tower."""
+    copy = {
+        LLM_LORA_VIT_COPY_PREFIX + k.removeprefix("base_model.model.vision_tower."): v.clone()
+        for k, v in released["vit_lora"].items()
+    }
+    if edit is not None:
+        edit(copy)
+    return {**released["llm_lora"], **copy}
+
+
+def test_the_llm_adapters_vit_lora_copy_is_dropped_as_such_and_checked_against_vit_lora(released):
+    config = _config_for(released)
+    pieces = _pieces(released)
+    state, report = convert_state_dicts(config, **dict(pieces, llm_lora=(_with_vit_copy(released), LLM_LORA)))
+    copies = {k: v for k, v in report["dropped"].items() if k.startswith("llm-lora:model.vision_tower.vision_tower.")}
+    assert len(copies) == VISION["num_hidden_layers"] * len(VIT_TARGETS)
+    assert all("copy in the LLM adapter" in reason for reason in copies.values())
+    assert report["vit_lora_copies_checked"] == len(released["vit_lora"])
+    expected, _ = convert_state_dicts(config, **pieces)
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+
+    key = "encoder.layers.1.mlp.fc2.lora_A.weight"
+
+    def alter(copy):
+        copy[LLM_LORA_VIT_COPY_PREFIX + "vision_model." + key] += 1e-3
+
+    with pytest.raises(ConversionError, match=rf"vision_tower\.vision_model\.{re.escape(key)}.*different runs"):
+        convert_state_dicts(config, **dict(pieces, llm_lora=(_with_vit_copy(released, alter), LLM_LORA)))
+    # Without a ViT-LoRA there is nothing to compare the copy with: it is dropped, unchecked.
+    _, report = convert_state_dicts(
+        config, **dict(pieces, llm_lora=(_with_vit_copy(released, alter), LLM_LORA), vit_lora=None)
+    )
+    assert report["vit_lora_copies_checked"] == 0
 
 
 # ------------------------------------------------------------------------------------ half precision and defaults

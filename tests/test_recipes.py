@@ -83,6 +83,32 @@ def _finetune(workdir, stage1_dir, output_dir, **overrides):
     return finetune.main(*args)
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_vit_lora_dropout_is_the_authors_in_both_stages(size, stage, tiny_tokenizer):
+    """The authors build the ViT-LoRA with lora_dropout=0.2 whatever the stage (train.py:1165-1172, hard-coded):
+    the recipe's value reaches every ViT-LoRA layer the stage adds (here on the tiny towers)."""
+    from recipes import finetune, pretrain
+    from recipes.tiny import build_tiny_model
+
+    config = str(REPO_ROOT / "recipes" / "configs" / f"sqllava-{size}" / f"{stage}.yaml")
+    script = pretrain if stage == "pretrain" else finetune
+    model_args = script.parse_args(["--config", config, "--bf16", "false", "--tf32", "false"])[0]
+    assert model_args.vision_lora_dropout == 0.2
+    model = build_tiny_model(tiny_tokenizer)
+    if stage == "pretrain":
+        model, _ = pretrain.prepare_stage1_trainables(model, model_args)
+    else:
+        model = finetune.add_stage2_adapters(model, model_args)
+    dropouts = [
+        module.lora_dropout[adapter]
+        for name, module in model.named_modules()
+        if ".vision_tower." in name and hasattr(module, "lora_dropout")
+        for adapter in module.lora_dropout
+    ]
+    assert dropouts and all(isinstance(d, torch.nn.Dropout) and d.p == 0.2 for d in dropouts)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: os.path.relpath(p, REPO_ROOT / "recipes" / "configs"))
 def test_every_recipe_yaml_parses_into_the_dataclasses(config):
     from recipes import finetune, pretrain

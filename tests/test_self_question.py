@@ -62,7 +62,7 @@ def image_path(folder, i: int = 0) -> str:
 
 def test_describe_then_ask_with_vuser_prompt_then_answer(model, tiny_processor, image_folder, monkeypatch):
     """Three generate calls: greedy description (ASSISTANT:), sampled questions (VUSER:, paper settings), answers."""
-    from processing import LLAVA_SYSTEM_PROMPT, SQ_SYSTEM_PROMPT
+    from processing import SQ_SYSTEM_PROMPT
     from recipes.self_question import SelfQuestioningResult, self_question
 
     spy = GenerateSpy(model.generate, tiny_processor.tokenizer)
@@ -98,9 +98,12 @@ def test_describe_then_ask_with_vuser_prompt_then_answer(model, tiny_processor, 
         for ids in call["input_ids"]:
             assert decode(ids, skip_special_tokens=True).rstrip().endswith("ASSISTANT:")
 
-    # The exact texts: LLaVA system prompt to describe; SQ system prompt and the description to ask and answer.
-    context = f"USER: <image>\nDescribe the image briefly. ASSISTANT: {result.description}</s>"
-    assert prompts[0] == [f"<s>{LLAVA_SYSTEM_PROMPT} USER: <image>\nDescribe the image briefly. ASSISTANT:"]
+    # The exact texts: one conversation under the SQ system prompt, as the authors' v1_sq template renders it
+    # (sqllava/conversation.py:51-60, 264-278: "USER: " q " ", "ASSISTANT: " a "</s>", then "VUSER:"), with their
+    # description request (demo/visual_questioning.py:38); the answer step follows the trained vuser turn.
+    request = "USER: <image>\nCan you describe the image in detail? ASSISTANT:"
+    context = f"{request} {result.description}</s>"
+    assert prompts[0] == [f"<s>{SQ_SYSTEM_PROMPT} {request}"]
     assert prompts[1] == [f"<s>{SQ_SYSTEM_PROMPT} {context}VUSER:"] * 3
     assert prompts[2] == [
         f"<s>{SQ_SYSTEM_PROMPT} {context}VUSER: {qa['question']}</s> ASSISTANT:" for qa in result.questions
@@ -119,6 +122,80 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model, tiny_processo
     assert first.description == other.description  # the description is greedy
     assert first.questions != other.questions
     assert all(qa["answer"] is None for qa in first.questions)
+
+
+class ScriptedModel:
+    """Stands in for a model in `self_question`: records each `generate` call and answers it with scripted text (a
+    description for a greedy call, `Question N?` for each sampled row), so that default budgets cost nothing."""
+
+    def __init__(self, tokenizer, description: str = "A red square."):
+        self.tokenizer, self.description = tokenizer, description
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.calls: list[dict] = []
+
+    def eval(self):
+        return self
+
+    def generate(self, **kwargs):
+        self.calls.append(kwargs)
+        rows = len(kwargs["input_ids"])
+        sampled = [f"Question {len(self.calls)}.{i}?" for i in range(rows)]
+        texts = sampled if kwargs["do_sample"] else [self.description] * rows
+        tok = self.tokenizer
+        ids = [tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for text in texts]
+        width = max(map(len, ids))
+        new = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids])
+        return torch.cat([kwargs["input_ids"], new], dim=1)
+
+
+def record_prompts(processor, monkeypatch) -> list[list[str]]:
+    """The texts of every processor call, in order (one list per `generate` call of `self_question`)."""
+    prompts: list[list[str]] = []
+    processor_call = type(processor).__call__
+
+    def recording(self, *args, **kwargs):
+        prompts.append(list(kwargs["text"]))
+        return processor_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", recording)
+    return prompts
+
+
+def test_defaults_are_the_authors_visual_sq_settings(tiny_processor, image_folder, monkeypatch):
+    """demo/visual_questioning.py and sqllava/eval/visual_sq.py: "Can you describe the image in detail?" greedy with
+    up to 1024 new tokens, then questions sampled at temperature 1.2, top-k 300, top-p 0.95, up to 300 new tokens,
+    all under the self-questioning system prompt."""
+    from processing import SQ_SYSTEM_PROMPT
+    from recipes.self_question import self_question
+
+    model = ScriptedModel(tiny_processor.tokenizer)
+    prompts = record_prompts(tiny_processor, monkeypatch)
+    result = self_question(model, tiny_processor, image_path(image_folder), num_questions=2, answer=True)
+    describe, ask, answer = model.calls
+    assert (describe["do_sample"], describe["num_beams"], describe["max_new_tokens"]) == (False, 1, 1024)
+    assert (ask["do_sample"], ask["temperature"], ask["top_k"], ask["top_p"], ask["max_new_tokens"]) == (
+        True, 1.2, 300, 0.95, 300,
+    )  # fmt: skip
+    assert answer["do_sample"] is False and answer["max_new_tokens"] == 300
+    assert result.description == "A red square." and result.describe_prompt == "Can you describe the image in detail?"
+    request = f"<s>{SQ_SYSTEM_PROMPT} USER: <image>\nCan you describe the image in detail? ASSISTANT:"
+    assert prompts[0] == [request]
+    assert prompts[1] == [f"{request} A red square.</s>VUSER:"] * 2
+    assert prompts[2] == [f"{request} A red square.</s>VUSER: Question 2.{i}?</s> ASSISTANT:" for i in range(2)]
+
+
+def test_a_given_system_prompt_and_describe_prompt_apply_to_every_step(tiny_processor, image_folder, monkeypatch):
+    from recipes.self_question import self_question
+
+    model = ScriptedModel(tiny_processor.tokenizer)
+    prompts = record_prompts(tiny_processor, monkeypatch)
+    self_question(
+        model, tiny_processor, image_path(image_folder), num_questions=1, answer=True, system_prompt="Be brief.",
+        describe_prompt="Describe the image briefly.",
+    )  # fmt: skip
+    request = "<s>Be brief. USER: <image>\nDescribe the image briefly. ASSISTANT:"
+    assert prompts == [[request], [f"{request} A red square.</s>VUSER:"],
+                       [f"{request} A red square.</s>VUSER: Question 2.0?</s> ASSISTANT:"]]  # fmt: skip
 
 
 def test_questions_are_cleaned_and_empty_or_duplicate_ones_dropped_and_counted(
@@ -198,7 +275,7 @@ def test_generate_dataset_writes_loadable_llava_json_and_hf_dataset(
         assert sample["images"] == [os.path.join(image_folder, record["image"])]
         roles = [m["role"] for m in sample["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) == 2 + 2 * 2
-        assert sample["messages"][0]["content"] == "<image>\nDescribe the image briefly."
+        assert sample["messages"][0]["content"] == "<image>\nCan you describe the image in detail?"
 
     on_disk = datasets.load_from_disk(str(tmp_path / "sq-ds"))
     assert on_disk.column_names == ["id", "images", "messages", "questions"] and len(on_disk) == 2
@@ -231,6 +308,8 @@ def test_cli_writes_a_llava_json_dataset(tiny_tokenizer, tiny_processor, model, 
         "2",
         "--answer",
         "--max-new-tokens",
+        "5",
+        "--describe-max-new-tokens",
         "5",
         "--device",
         "cpu",
