@@ -309,6 +309,7 @@ def load_adapter(model, adapter: str):
     from peft import PeftModel, get_peft_model_state_dict
 
     from hub_upload.files import LORA_ADAPTER_TYPES, check_types, read_json, state_file_keys
+    from recipes.common import peft_checkpointing_warning_silenced
 
     folder = Path(adapter)
     config_path = folder / "adapter_config.json"
@@ -322,7 +323,8 @@ def load_adapter(model, adapter: str):
         )
     stored = set(state_file_keys(weights[0]))  # PEFT reads the same file, safetensors first
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
+        with peft_checkpointing_warning_silenced():
+            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
     except (ValueError, TypeError, KeyError, RuntimeError) as error:
         raise ValueError(f"{folder}: PEFT could not apply the adapter to the base model ({error}).") from None
     expected = set(get_peft_model_state_dict(peft_model))

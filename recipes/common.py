@@ -8,6 +8,7 @@ so are abbreviations (`--learning_rat` is an error, not `--learning_rate`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -166,18 +167,25 @@ def build_lora_config(model_args: ModelArguments, *, modules_to_save: list[str] 
     )
 
 
-def get_peft_model(model, lora_config, **kwargs):
-    """`peft.get_peft_model`, without the deprecation warning it triggers on every run under transformers 5.
+@contextlib.contextmanager
+def peft_checkpointing_warning_silenced():
+    """Silence, inside the block only, the deprecation warning PEFT triggers on every run under transformers 5.
 
     PEFT reads `model.is_gradient_checkpointing`, which transformers 5 renamed (`is_activation_checkpointing`) and
-    warns about at each read; nothing a user can change. Only that warning, raised inside this call, is silenced.
+    warns about at each read; nothing a user can change. Only that warning is silenced.
     """
     import warnings
 
-    from peft import get_peft_model as peft_get_peft_model
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def get_peft_model(model, lora_config, **kwargs):
+    """`peft.get_peft_model`, without the deprecation warning it triggers under transformers 5 (see above)."""
+    from peft import get_peft_model as peft_get_peft_model
+
+    with peft_checkpointing_warning_silenced():
         return peft_get_peft_model(model, lora_config, **kwargs)
 
 
