@@ -1206,7 +1206,14 @@ class SQLlavaProcessor(ProcessorMixin):
         """
         ids = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
         single = bool(ids) and isinstance(ids[0], int)
-        texts = self.tokenizer.batch_decode([ids] if single else ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        sequences = [ids] if single else ids
+        if not skip_special_tokens:
+            # transformers 5's pipeline decodes with the special tokens when the tokenizer has a response template
+            # (it parses the reply's role from them); the `</s>` that ended the generation and the padding after it
+            # are still not part of the reply it returns.
+            ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+            sequences = [_without_trailing(sequence, ends) for sequence in sequences]
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
         texts = [_drop_reply_space(text) for text in texts]
         return texts[0] if single else texts
 
@@ -1217,6 +1224,13 @@ class SQLlavaProcessor(ProcessorMixin):
 
 _LEADING_TAG = re.compile(r"^(?:(?:USER|ASSISTANT|VUSER)\s*:\s*)+")
 _GENERATION_TAG = re.compile(r"(?:ASSISTANT|VUSER):")
+
+
+def _without_trailing(ids: list[int], ends: set[int]) -> list[int]:
+    end = len(ids)
+    while end and ids[end - 1] in ends:
+        end -= 1
+    return ids[:end]
 
 
 def _drop_reply_space(text: str) -> str:

@@ -50,6 +50,15 @@ logger = logging.get_logger(__name__)
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILES_NAMES = {"tokenizer_file": "tokenizer.json"}
 IMAGE_TOKEN = "<image>"
+# The reply format of the chat template as a transformers (5.x) response template: a reply starts after the prompt's
+# last `ASSISTANT:` or `VUSER:` and ends at `</s>`. transformers 5's chat pipelines parse replies with it
+# (`parse_response`); without one they file every reply under "assistant", also a question asked after `VUSER:`.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor_pattern": r"(?:ASSISTANT|VUSER):",
+    "fields": {"content": {"close_pattern": r"</s>", "content": "text"}},
+}
+_REPLY_TAG = re.compile(r"(ASSISTANT|VUSER):")
 
 
 def sentencepiece_backend(spec: dict) -> Any:
@@ -154,6 +163,7 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
         self.image_token = image_token
         self._split_cache: tuple[tuple, Any] | None = None
         kwargs.setdefault("added_tokens_decoder", _added_tokens_of(spec))
+        response_template = kwargs.pop("response_template", None) or RESPONSE_TEMPLATE
         super().__init__(
             unk_token=_special(unk_token),
             bos_token=_special(bos_token),
@@ -164,8 +174,10 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
             legacy=self.legacy,  # saved explicitly, so the folder says which rule it follows
             image_token=image_token,
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            response_template=response_template,
             **kwargs,
         )
+        self.response_template = response_template  # 4.57's tokenizer base keeps no such attribute
 
     @classmethod
     def from_tokenizer(cls, tokenizer, legacy: bool | None = None, **kwargs) -> SQLlavaTokenizer:
@@ -452,6 +464,33 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(spec, handle, ensure_ascii=False, indent=2)
         return (path,)
+
+    def parse_response(self, response, schema=None, *, prefix=None, tools=None):
+        """transformers 5's `parse_response` (with `RESPONSE_TEMPLATE`), the role of each reply read from its prompt:
+        `"vuser"` when the prompt's last role tag is `VUSER:` (the model asked a question about the image),
+        `"assistant"` otherwise; the content without the space the model writes after the tag.
+
+        Args:
+            response, schema, prefix, tools: as `PreTrainedTokenizerBase.parse_response`; `prefix` (the prompt) is
+                required there too.
+        """
+        parsed = super().parse_response(response, schema, prefix=prefix, tools=tools)
+        if isinstance(prefix, str):
+            prompts = [prefix]
+        elif isinstance(prefix, (list, tuple)) and (not prefix or isinstance(prefix[0], str)):
+            prompts = list(prefix) or [""]
+        else:
+            decoded = self.decode(prefix)
+            prompts = [decoded] if isinstance(decoded, str) else decoded
+        messages = parsed if isinstance(parsed, list) else [parsed]
+        if len(prompts) == 1:
+            prompts = prompts * len(messages)
+        for message, prompt in zip(messages, prompts):
+            tags = _REPLY_TAG.findall(prompt)
+            message["role"] = "vuser" if tags and tags[-1] == "VUSER" else "assistant"
+            if isinstance(message.get("content"), str):
+                message["content"] = message["content"].strip()
+        return parsed
 
     def __getstate__(self):
         state = self.__dict__.copy()
