@@ -69,6 +69,20 @@ def _append(path: str | None, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _judged_result(result: dict, answered: list, missing: list, missing_policy: str, no_reviews) -> ScoreResult:
+    """A judge metric's `compute` output as a `ScoreResult`; the judge's reviews travel in `extra`."""
+    return ScoreResult(
+        metrics=dict(result["metrics"]),
+        per_question={str(k): v for k, v in result["per_question"].items()},
+        num_questions=len(answered) + len(missing),
+        num_answered=len(answered),
+        num_missing=len(missing),
+        missing_policy=missing_policy,
+        notes=list(result.get("notes", [])),
+        extra={"reviews": result.get("reviews", no_reviews)},
+    )
+
+
 class Judged(Benchmark):
     """A judged benchmark: `folder_name/question_file_name` + `folder_name/images/` under the eval root."""
 
@@ -130,16 +144,7 @@ class LLaVABench(Judged):
             on_review=lambda review: _append(cache, {**review, "answer_text": texts[review["question_id"]]}),
             **settings,
         )
-        return ScoreResult(
-            metrics=dict(result["metrics"]),
-            per_question={str(k): v for k, v in result["per_question"].items()},
-            num_questions=len(answered) + len(missing),
-            num_answered=len(answered),
-            num_missing=len(missing),
-            missing_policy="excluded",
-            notes=list(result.get("notes", [])),
-            extra={"reviews": result.get("reviews", [])},
-        )
+        return _judged_result(result, answered, missing, missing_policy="excluded", no_reviews=[])
 
 
 @register
@@ -176,16 +181,7 @@ class MMVet(Judged):
             ),
             **settings,
         )
-        return ScoreResult(
-            metrics=dict(result["metrics"]),
-            per_question={str(k): v for k, v in result["per_question"].items()},
-            num_questions=len(answered) + len(missing),
-            num_answered=len(answered),
-            num_missing=len(missing),
-            missing_policy="wrong",
-            notes=list(result.get("notes", [])),
-            extra={"reviews": result.get("reviews", {})},
-        )
+        return _judged_result(result, answered, missing, missing_policy="wrong", no_reviews={})
 
     def write_submission(self, root, split, questions, answers, output):
         results = mmvet_results(questions, answers, fill_missing=False)
