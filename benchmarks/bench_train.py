@@ -138,9 +138,9 @@ def build_model(
 
 
 def add_lora(model, lora_dtype: str):
-    from peft import get_peft_model
-
-    from recipes.common import ModelArguments, apply_vision_lora_dropout, build_lora_config
+    """Stage 2's adapters exactly as recipes/finetune.py adds them, with the 7B recipe's ranks and dropouts."""
+    from recipes.common import ModelArguments
+    from recipes.finetune import add_stage2_adapters
 
     args = ModelArguments(
         lora_r=128,
@@ -151,14 +151,7 @@ def add_lora(model, lora_dtype: str):
         vision_lora_dropout=0.2,
         lora_dtype=lora_dtype,
     )
-    model.requires_grad_(False)
-    model = get_peft_model(
-        model,
-        build_lora_config(args, modules_to_save=["multi_modal_projector"]),
-        autocast_adapter_dtype=lora_dtype == "float32",
-    )
-    apply_vision_lora_dropout(model, args.vision_lora_dropout)
-    return model
+    return add_stage2_adapters(model, args)
 
 
 def make_batch(batch: int, text_tokens: int, image_tokens: int, device):
