@@ -30,9 +30,10 @@ MMBENCH_KEYS = ["question_id", "round_id", "prompt", "text", "options", "option_
                 "metadata"]  # fmt: skip
 # (benchmark, split) pairs scored locally, and the metric keys issue 10 fixes for each.
 LOCAL = {
-    ("vqav2", "val"): {"accuracy"},
-    ("gqa", None): {"accuracy"},
-    ("vizwiz", "val"): {"accuracy"},
+    # The official scorers' breakdowns: vqaEval.py's and VizWiz's perAnswerType, GQA eval.py's binary / open.
+    ("vqav2", "val"): {"accuracy", "accuracy_other", "accuracy_number"},
+    ("gqa", None): {"accuracy", "accuracy_binary", "accuracy_open"},
+    ("vizwiz", "val"): {"accuracy", "accuracy_other", "accuracy_unanswerable"},
     ("textvqa", None): {"accuracy"},
     ("scienceqa", None): {"accuracy", "img_accuracy"},
     ("pope", None): {
@@ -132,19 +133,25 @@ def test_hand_written_answers_score_the_official_values(root, tmp_path):
     #   "two"     -> "2"; humans 7 x "1" + 3 x "one" ("one" -> "1" as they disagree): no match -> 0.0
     #   "yellow"  -> 3 of 10 match: 3 subsets lose a match (2/3), 7 keep 3 (1)      -> (3 * 2/3 + 7) / 10 = 0.9
     result = score("vqav2", root, tmp_path, ["Green.", "two", "yellow"], split="val")
-    assert result["metrics"]["accuracy"] == pytest.approx((1.0 + 0.0 + 0.9) / 3)
+    # vqaEval.py's perAnswerType: the two "other" questions (1.0, 0.9) and the "number" one (0.0).
+    assert result["metrics"] == pytest.approx(
+        {"accuracy": (1.0 + 0.0 + 0.9) / 3, "accuracy_other": (1.0 + 0.9) / 2, "accuracy_number": 0.0}
+    )
     assert result["per_question"] == {"393225000": 1.0, "393225001": 0.0, "393226000": pytest.approx(0.9)}
 
     # GQA (convert_gqa_for_eval.py: rstrip(".").lower(), then exact match): "Yes." -> "yes" right, "Blue" right,
-    # "No, it is green." -> "no, it is green" wrong.
+    # "No, it is green." -> "no, it is green" wrong. eval.py's binary (structural type verify: questions 1 and 3) and
+    # open (query: question 2).
     result = score("gqa", root, tmp_path, ["Yes.", "Blue", "No, it is green."])
-    assert result["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    assert result["metrics"] == pytest.approx({"accuracy": 2 / 3, "accuracy_binary": 0.5, "accuracy_open": 1.0})
 
     # VizWiz val (processed answer against the RAW human answers):
     #   "green" vs 4 x "Green", 2 x "green", 4 x "lime": 2 raw matches -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6
     #   "Unanswerable" -> "unanswerable", 6 matches -> 1.0
     result = score("vizwiz", root, tmp_path, ["green", "Unanswerable"], split="val")
-    assert result["metrics"]["accuracy"] == pytest.approx((0.6 + 1.0) / 2)
+    assert result["metrics"] == pytest.approx(
+        {"accuracy": (0.6 + 1.0) / 2, "accuracy_other": 0.6, "accuracy_unanswerable": 1.0}
+    )
 
     # TextVQA (m4c: both sides processed; per unique answer the mean over 10 leave-one-out of min(1, n / 3)):
     #   "Red." -> "red": 9 x red + "Red." -> all "red" -> 1.0;  "go" -> 0.0;

@@ -220,3 +220,16 @@ def test_images_are_decoded_as_llavas_scripts_decode_them(tmp_path):
         None,
         "unreadable",
     )
+
+
+def test_group_accuracies_average_each_answer_type_and_leave_ungrouped_questions_out():
+    from recipes.eval.vqa import group_accuracies
+
+    questions = [Question(key=k, text="q", image=None, row={"question_id": k}) for k in "abcde"]
+    scores = [1.0, 0.0, 0.9, 0.3, 1.0]
+    # "e" has no answer type: it counts in the overall accuracy only, never in a group.
+    groups = {"a": "yes/no", "b": "yes/no", "c": "other", "d": "Number", "e": None}
+    assert group_accuracies(questions, scores, groups) == pytest.approx(
+        {"accuracy_number": 0.3, "accuracy_other": 0.9, "accuracy_yes_no": 0.5}
+    )
+    assert group_accuracies(questions, scores, {}) == {}

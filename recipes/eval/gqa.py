@@ -2,7 +2,8 @@
 
 Scored against the official `gqa/data/testdev_balanced_questions.json` (GQA's `eval.py` accuracy over the balanced
 questions, after LLaVA's `scripts/convert_gqa_for_eval.py` turned each answer into `text.rstrip('.').lower()`: both
-inside the `gqa` metric). `submit` writes `testdev_balanced_predictions.json` exactly as that script does, for
+inside the `gqa` metric), with eval.py's `binary` / `open` breakdown (`accuracy_binary`, `accuracy_open`) where the
+questions carry their structural type. `submit` writes `testdev_balanced_predictions.json` exactly as that script does, for
 anyone who wants to run GQA's own `eval.py` on it.
 """
 
@@ -50,6 +51,8 @@ class GQA(Benchmark):
             answers,
             references,
             missing_note="GQA's eval.py stops when a question has no prediction; here missing answers score 0.",
+            # eval.py's `binary` and `open`: a question is open when its structural type is "query".
+            groups={q.key: _answer_kind(official[q.key]) for q in balanced},
         )
         if len(balanced) < len(questions):
             result.notes.append(f"{len(questions) - len(balanced)} unbalanced question(s) left out, as eval.py does.")
@@ -62,3 +65,11 @@ class GQA(Benchmark):
         ]
         write_json(output, predictions, indent=None)
         return {"questions": len(questions), "answered": len(predictions)}
+
+
+def _answer_kind(question: dict) -> str | None:
+    """GQA eval.py's answer type of a question: "open" for structural type "query", else "binary"."""
+    structural = (question.get("types") or {}).get("structural")
+    if structural is None:
+        return None
+    return "open" if structural == "query" else "binary"

@@ -67,16 +67,16 @@ def build_vqav2(root: str) -> None:
     extra = {"question_id": 262146000, "image": "COCO_test2015_000000262146.jpg", "text": "Is it sunny?"}
     _jsonl(os.path.join(base, "llava_vqav2_mscoco_test2015.jsonl"), [*rows, extra])
     val = [
-        (393225000, 393225, "green", "What colour is the square?", ["green"] * 10),
-        (393225001, 393225, "green", "How many squares?", ["1"] * 7 + ["one"] * 3),
-        (393226000, 393226, "yellow", "What colour is it?", ["yellow"] * 3 + ["gold"] * 7),
+        (393225000, 393225, "green", "What colour is the square?", ["green"] * 10, "other"),
+        (393225001, 393225, "green", "How many squares?", ["1"] * 7 + ["one"] * 3, "number"),
+        (393226000, 393226, "yellow", "What colour is it?", ["yellow"] * 3 + ["gold"] * 7, "other"),
     ]
     questions, annotations = [], []
-    for qid, image_id, colour, question, answers in val:
+    for qid, image_id, colour, question, answers, answer_type in val:
         _save(_image(colour), os.path.join(base, "val2014", f"COCO_val2014_{image_id:012d}.jpg"))
         questions.append({"image_id": image_id, "question": question, "question_id": qid})
         annotations.append({"question_type": "what", "multiple_choice_answer": answers[0], "image_id": image_id,
-                            "answers": _vqa_answers(answers), "answer_type": "other", "question_id": qid})  # fmt: skip
+                            "answers": _vqa_answers(answers), "answer_type": answer_type, "question_id": qid})  # fmt: skip
     _json(os.path.join(base, "v2_OpenEnded_mscoco_val2014_questions.json"),
           {"data_subtype": "val2014", "task_type": "Open-Ended", "questions": questions})  # fmt: skip
     _json(os.path.join(base, "v2_mscoco_val2014_annotations.json"),
@@ -85,15 +85,15 @@ def build_vqav2(root: str) -> None:
 
 def build_gqa(root: str) -> None:
     base = os.path.join(root, "gqa")
-    items = [("201307251", "n435808", "red", "Is the square red?", "yes"),
-             ("201640614", "n435809", "blue", "What colour is the square?", "blue"),
-             ("20968379", "n435810", "green", "Is the square yellow?", "no")]  # fmt: skip
+    items = [("201307251", "n435808", "red", "Is the square red?", "yes", "verify"),
+             ("201640614", "n435809", "blue", "What colour is the square?", "blue", "query"),
+             ("20968379", "n435810", "green", "Is the square yellow?", "no", "verify")]  # fmt: skip
     rows, official = [], {}
-    for qid, image_id, colour, question, answer in items:
+    for qid, image_id, colour, question, answer, structural in items:
         name = _save(_image(colour), os.path.join(base, "data", "images", f"{image_id}.jpg"))
         rows.append({"question_id": qid, "image": name, "text": f"{question}\n{SHORT_ANSWER_SUFFIX}"})
         official[qid] = {"question": question, "imageId": image_id, "answer": answer, "isBalanced": True,
-                         "fullAnswer": f"The answer is {answer}.", "types": {"structural": "query"}}  # fmt: skip
+                         "fullAnswer": f"The answer is {answer}.", "types": {"structural": structural}}  # fmt: skip
     _jsonl(os.path.join(base, "llava_gqa_testdev_balanced.jsonl"), rows)
     _json(os.path.join(base, "data", "testdev_balanced_questions.json"), official)
 
@@ -106,12 +106,12 @@ def build_vizwiz(root: str) -> None:
         name = _save(_image(colour), os.path.join(base, "test", f"VizWiz_test_{i:08d}.jpg"))
         rows.append({"question_id": i, "image": name, "text": f"{question}\n{VIZWIZ_SUFFIX}"})
     _jsonl(os.path.join(base, "llava_test.jsonl"), rows)
-    val = [("green", "What colour is this?", ["Green"] * 4 + ["green"] * 2 + ["lime"] * 4),
-           ("yellow", "Can you tell me what this is?", ["unanswerable"] * 6 + ["yellow"] * 4)]  # fmt: skip
+    val = [("green", "What colour is this?", ["Green"] * 4 + ["green"] * 2 + ["lime"] * 4, 1, "other"),
+           ("yellow", "Can you tell me what this is?", ["unanswerable"] * 6 + ["yellow"] * 4, 0, "unanswerable")]  # fmt: skip
     annotations = []
-    for i, (colour, question, answers) in enumerate(val):
+    for i, (colour, question, answers, answerable, answer_type) in enumerate(val):
         name = _save(_image(colour), os.path.join(base, "val", f"VizWiz_val_{i:08d}.jpg"))
-        annotations.append({"image": name, "question": question, "answerable": 1, "answer_type": "other",
+        annotations.append({"image": name, "question": question, "answerable": answerable, "answer_type": answer_type,
                             "answers": [{"answer": a, "answer_confidence": "yes"} for a in answers]})  # fmt: skip
     _json(os.path.join(base, "val.json"), annotations)
 

@@ -73,11 +73,29 @@ def evalai_answer_processor():
     return metric_module("vqav2").evalai_answer_processor
 
 
-def accuracy_result(name, questions, answers, references, missing_policy="wrong", key_of=None, missing_note=None):
+def group_accuracies(scored, scores, group_of: Mapping[str, str]) -> dict[str, float]:
+    """`accuracy_<group>`: the mean score of the scored questions of each group, as the official scorers break the
+    accuracy down (VQA's and VizWiz's `perAnswerType`, GQA's `binary` / `open`).
+
+    `group_of` maps a question key to its group ("yes/no" becomes `accuracy_yes_no`); questions without a group
+    count only in the overall accuracy.
+    """
+    totals: dict[str, list[float]] = {}
+    for question, score in zip(scored, scores):
+        group = group_of.get(question.key)
+        if group:
+            totals.setdefault(re.sub(r"[^a-z0-9]+", "_", str(group).lower()).strip("_"), []).append(float(score))
+    return {f"accuracy_{group}": sum(values) / len(values) for group, values in sorted(totals.items())}
+
+
+def accuracy_result(
+    name, questions, answers, references, missing_policy="wrong", key_of=None, missing_note=None, groups=None
+):
     """Score a short-answer benchmark whose metric returns `accuracy` and per-question scores.
 
     Missing answers are scored as wrong (prediction `""`) when `missing_policy == "wrong"`, left out otherwise;
-    `missing_note` (what the official scorer does with them instead) is added when some are missing.
+    `missing_note` (what the official scorer does with them instead) is added when some are missing. `groups`
+    (question key -> group) adds the per-group accuracies of `group_accuracies`.
     """
     answered, missing = predictions_and_missing(questions, answers)
     scored = answered + (missing if missing_policy == "wrong" else [])
@@ -85,7 +103,7 @@ def accuracy_result(name, questions, answers, references, missing_policy="wrong"
     result = compute_metric(name, predictions, [references[q.key] for q in scored])
     key_of = key_of or (lambda q: str(q.row["question_id"]))
     return ScoreResult(
-        metrics={"accuracy": result["accuracy"]},
+        metrics={"accuracy": result["accuracy"], **group_accuracies(scored, result["per_question"], groups or {})},
         per_question={key_of(q): float(s) for q, s in zip(scored, result["per_question"])},
         num_questions=len(answered) + len(missing),
         num_answered=len(answered),
@@ -140,10 +158,11 @@ class VQAv2(Benchmark):
     def score(self, root, split, questions, answers, **options):
         path = os.path.join(root, "vqav2", "v2_mscoco_val2014_annotations.json")
         content = read_json(path, "the official VQAv2 val annotations")
-        references = {}
+        references, answer_types = {}, {}
         for i, annotation in enumerate(content.get("annotations", []) if isinstance(content, dict) else []):
             require_fields(annotation, ("question_id", "answers"), f"{path}: annotations[{i}]")
             references[question_key(annotation["question_id"])] = [a["answer"] for a in annotation["answers"]]
+            answer_types[question_key(annotation["question_id"])] = annotation.get("answer_type")
         lacking = [q.source for q in questions if q.key not in references]
         if lacking:
             raise ValueError(f"{path} has no annotation for {len(lacking)} question(s), first {lacking[0]}.")
@@ -153,6 +172,7 @@ class VQAv2(Benchmark):
             answers,
             references,
             missing_note="The official vqaEval.py refuses a result file that misses questions; here they score 0.",
+            groups=answer_types,  # vqaEval.py's perAnswerType: yes/no, number, other
         )
 
     def write_submission(self, root, split, questions, answers, output):
@@ -217,6 +237,8 @@ class VizWiz(Benchmark):
             answers,
             references,
             missing_note="The official VizWiz evaluation expects every question answered; here missing ones score 0.",
+            # The VizWiz scorer's perAnswerType: yes/no, number, other, unanswerable.
+            groups={question_key(row["image"]): row.get("answer_type") for row in rows},
         )
 
     def write_submission(self, root, split, questions, answers, output):
