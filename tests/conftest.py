@@ -30,7 +30,12 @@ def other_transformers_python() -> str | None:
     if os.environ.get("SQLLAVA_OTHER_PYTHON"):
         python = Path(os.environ["SQLLAVA_OTHER_PYTHON"])
     else:
-        python = REPO_ROOT / (".venv457" if int(transformers.__version__.split(".")[0]) >= 5 else ".venv") / "bin" / "python"
+        python = (
+            REPO_ROOT
+            / (".venv457" if int(transformers.__version__.split(".")[0]) >= 5 else ".venv")
+            / "bin"
+            / "python"
+        )
     # Compare environments, not interpreters: venv pythons are symlinks to the same base interpreter.
     if not python.is_file() or os.path.abspath(python.parent.parent) == os.path.abspath(sys.prefix):
         return None
@@ -45,6 +50,43 @@ requires_llama_vocab = pytest.mark.skipif(
     not llama_vocab_available(),
     reason=f"Llama SentencePiece vocabulary {FIXTURES_DIR / LLAMA_GGUF} not found; set SQLLAVA_FIXTURES to its folder",
 )
+
+
+def llama_sentencepiece_proto() -> bytes:
+    """The Llama SentencePiece model rebuilt from the GGUF vocabulary fixture: its pieces, scores and types, with
+    Llama's normalizer (identity, dummy prefix, spaces kept) and byte fallback. Skips the test when the fixture,
+    `gguf` or `sentencepiece` is absent."""
+    if not llama_vocab_available():
+        pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("sentencepiece")
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    reader = gguf.GGUFReader(str(FIXTURES_DIR / LLAMA_GGUF))
+
+    def field(name):
+        f = reader.fields[name]
+        return [f.parts[i] for i in f.data]
+
+    pieces = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
+    scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
+    types = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
+    proto = model_pb2.ModelProto()
+    proto.trainer_spec.model_type = model_pb2.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = len(pieces)
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    kind = model_pb2.ModelProto.SentencePiece
+    type_map = {1: kind.NORMAL, 2: kind.UNKNOWN, 3: kind.CONTROL, 4: kind.USER_DEFINED, 5: kind.UNUSED, 6: kind.BYTE}
+    for piece, score, token_type in zip(pieces, scores, types):
+        entry = proto.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, type_map[token_type]
+    return proto.SerializeToString()
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import FIXTURES_DIR, LLAMA_GGUF
+from tests.conftest import llama_sentencepiece_proto
 
 torch.set_num_threads(1)
 
@@ -672,37 +672,6 @@ def test_converted_model_equals_their_loader_and_forward(authors, released_by_th
 # ------------------------------------------------------------------------------------------ 3. labels (vuser)
 
 
-def sentencepiece_model_proto() -> bytes:
-    """The Llama SentencePiece model rebuilt from the GGUF vocabulary fixture (pieces, scores, types)."""
-    gguf = pytest.importorskip("gguf")
-    pytest.importorskip("sentencepiece")
-    from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
-    reader = gguf.GGUFReader(str(FIXTURES_DIR / LLAMA_GGUF))
-
-    def field(name):
-        f = reader.fields[name]
-        return [f.parts[i] for i in f.data]
-
-    proto = model_pb2.ModelProto()
-    proto.trainer_spec.model_type = model_pb2.TrainerSpec.BPE
-    proto.trainer_spec.byte_fallback = True
-    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
-    proto.trainer_spec.pad_id = -1
-    proto.normalizer_spec.name = "identity"
-    proto.normalizer_spec.add_dummy_prefix = True
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    proto.normalizer_spec.escape_whitespaces = True
-    kind = model_pb2.ModelProto.SentencePiece
-    types = {1: kind.NORMAL, 2: kind.UNKNOWN, 3: kind.CONTROL, 4: kind.USER_DEFINED, 5: kind.UNUSED, 6: kind.BYTE}
-    pieces = field("tokenizer.ggml.tokens")
-    proto.trainer_spec.vocab_size = len(pieces)
-    for piece, score, token_type in zip(pieces, field("tokenizer.ggml.scores"), field("tokenizer.ggml.token_type")):
-        entry = proto.pieces.add()
-        entry.piece, entry.score, entry.type = bytes(piece).decode("utf-8"), float(score[0]), types[int(token_type[0])]
-    return proto.SerializeToString()
-
-
 class SlowLegacyLlamaTokenizer:
     """transformers 4.31's `LlamaTokenizer` (slow, legacy) as their train.py calls it: `tokenizer(text).input_ids`
     is BOS + SentencePiece on each segment between the special tokens `<unk>`, `<s>`, `</s>` (kept, not stripped
@@ -736,11 +705,9 @@ class SlowLegacyLlamaTokenizer:
 @pytest.fixture(scope="module")
 def their_tokenizer(tmp_path_factory):
     """transformers' own slow legacy LlamaTokenizer on transformers 4.x; the SentencePiece equivalent on 5.x."""
-    if not (FIXTURES_DIR / LLAMA_GGUF).is_file():
-        pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
+    proto = llama_sentencepiece_proto()  # skips when the vocabulary fixture is absent
     import sentencepiece
 
-    proto = sentencepiece_model_proto()
     if TRANSFORMERS_5:
         return SlowLegacyLlamaTokenizer(sentencepiece.SentencePieceProcessor(model_proto=proto))
     from transformers import LlamaTokenizer
@@ -878,7 +845,7 @@ def test_slow_tokenizer_stand_in_equals_transformers_slow_llama_tokenizer(their_
         pytest.skip("transformers 5.x has no slow Llama tokenizer; run under transformers 4.x (.venv457)")
     import sentencepiece
 
-    stand_in = SlowLegacyLlamaTokenizer(sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_model_proto()))
+    stand_in = SlowLegacyLlamaTokenizer(sentencepiece.SentencePieceProcessor(model_proto=llama_sentencepiece_proto()))
     texts = [
         "A chat between a curious user and an artificial intelligence assistant. USER: ",
         (

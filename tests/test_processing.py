@@ -27,7 +27,12 @@ from processing import (
     build_image_processor,
     render_conversation,
 )
-from tests.conftest import FIXTURES_DIR, LLAMA_GGUF, REPO_ROOT, other_transformers_python, requires_llama_vocab
+from tests.conftest import (
+    REPO_ROOT,
+    llama_sentencepiece_proto,
+    other_transformers_python,
+    requires_llama_vocab,
+)
 
 SYS = LLAVA_SYSTEM_PROMPT
 SQ = SQ_SYSTEM_PROMPT
@@ -195,37 +200,8 @@ def sentencepiece_llama():
 
 def sentencepiece_from_gguf():
     """`sentencepiece.SentencePieceProcessor` on the Llama-2 vocabulary fixture (skips the test when it is absent)."""
-    if not (FIXTURES_DIR / LLAMA_GGUF).is_file():
-        pytest.skip(f"Llama vocabulary fixture absent at {FIXTURES_DIR / LLAMA_GGUF}; set SQLLAVA_FIXTURES")
-    gguf = pytest.importorskip("gguf")
     spm = pytest.importorskip("sentencepiece")
-    from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
-    reader = gguf.GGUFReader(str(FIXTURES_DIR / LLAMA_GGUF))
-
-    def field(name):
-        f = reader.fields[name]
-        return [f.parts[i] for i in f.data]
-
-    pieces = [bytes(p).decode("utf-8") for p in field("tokenizer.ggml.tokens")]
-    scores = [float(p[0]) for p in field("tokenizer.ggml.scores")]
-    types = [int(p[0]) for p in field("tokenizer.ggml.token_type")]
-    proto = model_pb2.ModelProto()
-    proto.trainer_spec.model_type = model_pb2.TrainerSpec.BPE
-    proto.trainer_spec.vocab_size = len(pieces)
-    proto.trainer_spec.byte_fallback = True
-    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
-    proto.trainer_spec.pad_id = -1
-    proto.normalizer_spec.name = "identity"
-    proto.normalizer_spec.add_dummy_prefix = True
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    proto.normalizer_spec.escape_whitespaces = True
-    kind = model_pb2.ModelProto.SentencePiece
-    type_map = {1: kind.NORMAL, 2: kind.UNKNOWN, 3: kind.CONTROL, 4: kind.USER_DEFINED, 5: kind.UNUSED, 6: kind.BYTE}
-    for piece, score, token_type in zip(pieces, scores, types):
-        entry = proto.pieces.add()
-        entry.piece, entry.score, entry.type = piece, score, type_map[token_type]
-    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    return spm.SentencePieceProcessor(model_proto=llama_sentencepiece_proto())
 
 
 def reference_llava_ids(prompt: str, sp, image_token_id: int, image_seq_length: int) -> list[int]:
@@ -365,7 +341,6 @@ def test_assistant_tokens_mask_from_generation_blocks(llama_processor):
     )
     roles = llama_processor.tokenize_conversation(messages)["token_roles"]
     assert list(out["assistant_masks"][0]) == [int(r > 0) for r in roles]
-
 
 
 def test_tokenize_conversation_roles_on_the_tiny_tokenizer(tiny_processor):
