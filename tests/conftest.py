@@ -42,6 +42,24 @@ def other_transformers_python() -> str | None:
     return str(python)
 
 
+def run_fresh_python_json(python: str, script: str, *args: str, workdir: Path, timeout: float, **env_vars) -> dict:
+    """Run `script` in a fresh `python` (another environment's, possibly) and return the JSON of its last stdout line.
+
+    The child sees no PYTHONPATH/PYTHONHOME of ours (so it imports only what its own environment has), runs offline,
+    in `workdir`, and keeps the remote-code modules it imports under `workdir/modules`; `env_vars` add variables.
+    """
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"), **env_vars)
+    run = subprocess.run(
+        [python, "-c", script, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def llama_vocab_available() -> bool:
     return (FIXTURES_DIR / LLAMA_GGUF).is_file()
 

@@ -5,9 +5,6 @@ of the repository (5.x and 4.57.x).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.conftest import REPO_ROOT, other_transformers_python
+from tests.conftest import other_transformers_python, run_fresh_python_json
 
 
 def _pythons() -> list[str]:
@@ -77,18 +74,9 @@ print(json.dumps({
 @pytest.mark.parametrize("python", _pythons(), ids=lambda p: Path(p).parent.parent.name)
 def test_pipeline_answers_a_batched_chat_with_images(saved_tiny, tmp_path, python):
     folder, images = saved_tiny
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [python, "-c", _PIPELINE_SCRIPT, str(folder), *images],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_fresh_python_json(
+        python, _PIPELINE_SCRIPT, str(folder), *images, workdir=tmp_path, timeout=300, OMP_NUM_THREADS="1"
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["processor"] == "SQLlavaProcessor"
     assert result["model"] == "SQLlavaForConditionalGeneration"
     # return_full_text=False gives only the new text: the same as decoding model.generate's new tokens, batched

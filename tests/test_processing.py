@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tests.conftest import (
     llama_sentencepiece_proto,
     other_transformers_python,
     requires_llama_vocab,
+    run_fresh_python_json,
 )
 
 SYS = LLAVA_SYSTEM_PROMPT
@@ -574,14 +573,7 @@ def test_save_and_load_as_remote_code_in_a_fresh_process(tiny_processor, tmp_pat
     config = json.loads((folder / "processor_config.json").read_text())
     assert config["auto_map"]["AutoProcessor"] == "processing_sqllava.SQLlavaProcessor"
     assert config["image_seq_length"] == 16
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["HF_HUB_OFFLINE"] = "1"
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    run = subprocess.run(
-        [python, "-c", _LOAD_SCRIPT, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    loaded = run_fresh_python_json(python, _LOAD_SCRIPT, str(folder), workdir=tmp_path, timeout=120)
     assert loaded["cls"] == "SQLlavaProcessor" and loaded["module"].startswith("transformers_modules")
     assert loaded["seq"] == 16
     messages = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A cat."}]

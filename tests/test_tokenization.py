@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from processing import (
     add_sqllava_special_tokens,
     build_image_processor,
 )
-from tests.conftest import other_transformers_python, requires_llama_vocab
+from tests.conftest import other_transformers_python, requires_llama_vocab, run_fresh_python_json
 from tests.test_processing import QA_MULTI, QA_VUSER, sentencepiece_from_gguf
 
 SPECIALS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001}
@@ -302,18 +300,7 @@ def test_autotokenizer_with_remote_code_gives_the_trained_ids_in_a_fresh_process
     folder = tmp_path / "folder"
     processor.save_pretrained(folder)
     prompt = processor.apply_chat_template(QA_VUSER, tokenize=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    run = subprocess.run(
-        [python, "-c", _AUTO_SCRIPT, str(folder), prompt],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    loaded = run_fresh_python_json(python, _AUTO_SCRIPT, str(folder), prompt, workdir=tmp_path, timeout=300)
     assert loaded["cls"] == "SQLlavaTokenizer" and loaded["module"].startswith("transformers_modules")
     assert loaded["legacy"] is False
     expected = reference_llava(prompt, sentencepiece_llama, legacy=False)
