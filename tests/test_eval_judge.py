@@ -311,6 +311,16 @@ def test_mmvet_runs_mean_std_cache_and_missing_answers():
         )  # fmt: skip
     assert len(server.requests) == 2 and saved == ["v1_1", "v1_2"]  # v1_0 came from the cache
     assert result["per_question"] == {"v1_0": 0.4, "v1_1": 1.0, "v1_2": 1.0}
+    # Two runs (mm-vet_evaluator.py's num_run): v1_0's cached grade is run 0, every other grade is asked; each
+    # sample keeps both runs' scores and per_question is their mean.
+    replies = iter(["0.2", "0.6", "1.0", "0.0", "0.8"])
+    with FakeJudge(lambda body: next(replies)) as server:
+        result = judge.grade_mmvet(SAMPLES, ANSWERS, url=server.url, api_key_env=None, cached_grades=cached, num_runs=2)
+    assert len(server.requests) == 5
+    assert {k: v["score"] for k, v in result["reviews"].items()} == {
+        "v1_0": [0.4, 1.0], "v1_1": [0.2, 0.0], "v1_2": [0.6, 0.8]
+    }  # fmt: skip
+    assert result["per_question"] == pytest.approx({"v1_0": 0.7, "v1_1": 0.1, "v1_2": 0.7})
     with pytest.raises(ValueError, match="no prediction for 1 MM-Vet samples"):
         judge.grade_mmvet(SAMPLES, {"v1_0": "a", "v1_1": "b"}, url="http://127.0.0.1:9")
     with pytest.raises(ValueError, match="url"):

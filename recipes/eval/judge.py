@@ -569,18 +569,18 @@ def grade_mmvet(
             passthrough=(JudgeRateLimitError,),
         )
 
-    grades: dict[str, dict[str, list]] = {}
+    # Each sample's grades so far (the cached runs first); run `run` is asked only where it has no grade yet.
+    grades: dict[str, dict[str, list]] = {
+        sample_id: {
+            key: list((cached_grades or {}).get(sample_id, {}).get(key, [])) for key in ("model", "content", "score")
+        }
+        for sample_id in samples
+    }
     notes = []
     for run in range(num_runs):
         for sample_id, sample in samples.items():
-            grade = {key: list(value) for key, value in (cached_grades or {}).get(sample_id, {}).items()}
-            grade = {
-                "model": grade.get("model", []),
-                "content": grade.get("content", []),
-                "score": grade.get("score", []),
-            }
+            grade = grades[sample_id]
             if len(grade["score"]) > run:
-                grades[sample_id] = grade
                 continue
             prediction = answers[sample_id]
             score, content, judge_name, gave_up = _grade_mmvet_sample(
@@ -596,7 +596,6 @@ def grade_mmvet(
             grade["model"].append(judge_name)
             grade["content"].append(content)
             grade["score"].append(score)
-            grades[sample_id] = grade
             if on_grade is not None:
                 on_grade(sample_id, grade)
     per_question = {sample_id: sum(grade["score"][:num_runs]) / num_runs for sample_id, grade in grades.items()}
