@@ -160,11 +160,14 @@ def _load_model(args):
     )
 
 
-def _judge_options(args) -> dict[str, Any]:
+def _judge_options(args, score_file: str) -> dict[str, Any]:
+    """The judge settings, and the verdict cache beside `score_file`: the judge's verdicts are appended to it as they
+    come, so a rerun does not pay twice."""
     return {
         "judge_url": args.judge_url,
         "judge_model": args.judge_model,
         "judge_api_key_env": args.judge_api_key_env,
+        "judge_cache": os.path.splitext(score_file)[0] + ".judge.jsonl",
     }
 
 
@@ -202,8 +205,7 @@ def command_score(args) -> dict[str, Any]:
     benchmark = get_benchmark(args.benchmark)
     options: dict[str, Any] = {"all_rounds": args.all_rounds} if args.all_rounds is not None else {}
     if benchmark.needs_judge:
-        # The judge's verdicts are appended to a file beside the output as they come: a rerun does not pay twice.
-        options.update(_judge_options(args), judge_cache=os.path.splitext(args.output)[0] + ".judge.jsonl")
+        options.update(_judge_options(args, args.output))
     result = score_answers(
         benchmark,
         args.eval_root,
@@ -312,9 +314,8 @@ def command_run(args) -> dict[str, Any]:
             except ValueError as error:  # e.g. VizWiz test needs every answer: say so in the table, keep going
                 row["upload_error"] = str(error)
         if split in benchmark.scored_splits:
-            options = {}
-            if benchmark.needs_judge:
-                options = {**_judge_options(args), "judge_cache": os.path.join(folder, "score.judge.jsonl")}
+            score_file = os.path.join(folder, "score.json")
+            options = _judge_options(args, score_file) if benchmark.needs_judge else {}
             if benchmark.needs_judge and not args.judge_url:
                 row["score_error"] = "needs a judge: --judge-url and --judge-model"
             else:
@@ -329,7 +330,7 @@ def command_run(args) -> dict[str, Any]:
                     row["score_error"] = f"not scored: {error}"
                     print(f"{benchmark.name}: {row['score_error']}", file=sys.stderr)
                 else:
-                    write_json(os.path.join(folder, "score.json"), result)
+                    write_json(score_file, result)
                     print(format_score_table(result))
                     row["score"] = result
         rows.append(row)

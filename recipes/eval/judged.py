@@ -69,7 +69,7 @@ def _append(path: str | None, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def _judged_result(result: dict, answered: list, missing: list, missing_policy: str, no_reviews) -> ScoreResult:
+def _judged_result(result: dict, answered: list, missing: list, missing_policy: str) -> ScoreResult:
     """A judge metric's `compute` output as a `ScoreResult`; the judge's reviews travel in `extra`."""
     return ScoreResult(
         metrics=dict(result["metrics"]),
@@ -78,8 +78,8 @@ def _judged_result(result: dict, answered: list, missing: list, missing_policy: 
         num_answered=len(answered),
         num_missing=len(missing),
         missing_policy=missing_policy,
-        notes=list(result.get("notes", [])),
-        extra={"reviews": result.get("reviews", no_reviews)},
+        notes=list(result["notes"]),
+        extra={"reviews": result["reviews"]},
     )
 
 
@@ -144,7 +144,7 @@ class LLaVABench(Judged):
             on_review=lambda review: _append(cache, {**review, "answer_text": texts[review["question_id"]]}),
             **settings,
         )
-        return _judged_result(result, answered, missing, missing_policy="excluded", no_reviews=[])
+        return _judged_result(result, answered, missing, missing_policy="excluded")
 
 
 @register
@@ -181,7 +181,7 @@ class MMVet(Judged):
             ),
             **settings,
         )
-        return _judged_result(result, answered, missing, missing_policy="wrong", no_reviews={})
+        return _judged_result(result, answered, missing, missing_policy="wrong")
 
     def write_submission(self, root, split, questions, answers, output):
         results = mmvet_results(questions, answers, fill_missing=False)
