@@ -449,6 +449,22 @@ def test_judged_benchmarks_score_through_an_openai_compatible_endpoint(root, tmp
               "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
         assert len(judge.requests) == 4
         assert "[Assistant 2]\nD\n" in judge.requests[-1]["body"]["messages"][-1]["content"]
+        # A kill mid-write leaves a torn last line: the next verdict starts a line of its own and every complete
+        # verdict stays readable (only the torn one would be asked again).
+        cache = tmp_path / "llava_bench.score.judge.jsonl"
+        with open(cache, "a", encoding="utf-8") as f:
+            f.write('{"question_id": 99, "content": "7 ')
+        path = write_answers(tmp_path / "llava_bench.jsonl", llava_rows("llava_bench", root, None, ["A", "E", "D"]))
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
+        assert len(judge.requests) == 5  # only "E" is new
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "fake-gpt-4"])  # fmt: skip
+        assert len(judge.requests) == 5  # "E"'s verdict, written after the torn line, is read back
+        # Another judge model does not inherit these verdicts: it is asked for every answer.
+        main(["score", "--benchmark", "llava_bench", "--eval-root", root, "--answers", path, "--output", str(out),
+              "--judge-url", judge.url, "--judge-model", "other-judge"])  # fmt: skip
+        assert len(judge.requests) == 8 and judge.requests[-1]["body"]["model"] == "other-judge"
 
         path = write_answers(tmp_path / "mmvet.jsonl", llava_rows("mmvet", root, None, ["It is red.", "Two."]))
         out = tmp_path / "mmvet.score.json"

@@ -48,25 +48,33 @@ def judge_settings(benchmark: str, options: dict) -> dict:
     return {"url": url, "model": model, "api_key_env": options.get("judge_api_key_env") or "OPENAI_API_KEY"}
 
 
-def read_cache(path: str | None) -> list[dict]:
-    """The judge's earlier verdicts (one JSON object per line), so an interrupted scoring does not pay twice."""
+def read_cache(path: str | None, judge_model: str) -> list[dict]:
+    """The verdicts `judge_model` gave earlier (one JSON object per line), so an interrupted scoring does not pay
+    twice. Another judge's verdicts are not reused: a different judge gives different scores."""
     if not path or not os.path.isfile(path):
         return []
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a kill: that verdict is asked again
-                break
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill: that verdict is asked again, the later ones kept
+                continue
+            if isinstance(row, dict) and row.get("judge_model") == judge_model:
+                rows.append(row)
     return rows
 
 
 def _append(path: str | None, record: dict) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # a torn last line (a kill mid-write): the next verdict starts its own line
+                    f.write(b"\n")
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
 
 
 def _judged_result(result: dict, answered: list, missing: list, missing_policy: str) -> ScoreResult:
@@ -133,7 +141,11 @@ class LLaVABench(Judged):
         cache = options.get("judge_cache")
         # A saved verdict is reused only for the very answer it judged (the answers may have been regenerated since).
         texts = {q.info["question_id"]: answers[q.key]["text"] for q in answered}
-        cached = [r for r in read_cache(cache) if texts.get(r.get("question_id"), object()) == r.get("answer_text")]
+        cached = [
+            r
+            for r in read_cache(cache, settings["model"])
+            if texts.get(r.get("question_id"), object()) == r.get("answer_text")
+        ]
         # Ids as the question file writes them (another engine may have written 5 as "5").
         result = judge.review_llava_bench(
             [q.info for q in answered],
@@ -141,7 +153,9 @@ class LLaVABench(Judged):
             [{**gpt4[q.key], "question_id": q.info["question_id"]} for q in answered],
             [{**answers[q.key], "question_id": q.info["question_id"]} for q in answered],
             cached_reviews=cached,
-            on_review=lambda review: _append(cache, {**review, "answer_text": texts[review["question_id"]]}),
+            on_review=lambda review: _append(
+                cache, {**review, "answer_text": texts[review["question_id"]], "judge_model": settings["model"]}
+            ),
             **settings,
         )
         return _judged_result(result, answered, missing, missing_policy="excluded")
@@ -169,7 +183,7 @@ class MMVet(Judged):
         # A saved grade is reused only for the very answer it graded.
         cached = {
             row["id"]: row["grade"]
-            for row in read_cache(cache)
+            for row in read_cache(cache, settings["model"])
             if "grade" in row and row.get("id") in results and results[row["id"]] == row.get("answer_text")
         }
         result = judge.grade_mmvet(
@@ -177,7 +191,8 @@ class MMVet(Judged):
             results,
             cached_grades=cached,
             on_grade=lambda sample_id, grade: _append(
-                cache, {"id": sample_id, "grade": grade, "answer_text": results[sample_id]}
+                cache,
+                {"id": sample_id, "grade": grade, "answer_text": results[sample_id], "judge_model": settings["model"]},
             ),
             **settings,
         )
