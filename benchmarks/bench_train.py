@@ -466,7 +466,6 @@ def _recipe_args(row: dict, output_dir: str, smoke: bool, steps: int, attn: str)
 
 def run_recipe_row(name: str, row: dict, records, sq_processor, *, smoke: bool, warmup: int, steps: int, workdir):
     import datasets
-    from peft import get_peft_model
 
     from recipes.data import ConversationDataset
     from recipes.finetune import add_stage2_adapters
@@ -498,8 +497,9 @@ def run_recipe_row(name: str, row: dict, records, sq_processor, *, smoke: bool, 
         state["trainer"].counting = state["projector"].active = measured
 
     timer = _StepTimer(warmup, sync, on_measured_step)
+    # Both models get the recipe's stage-2 adapters (the baseline row asks for PEFT's float32 adapters).
+    model = add_stage2_adapters(model, model_args)
     if row["model"] == "sqllava":
-        model = add_stage2_adapters(model, model_args)
         trainer_cls = _token_counting(SQLlavaTrainer)
         trainer = trainer_cls(
             model=model,
@@ -512,15 +512,6 @@ def run_recipe_row(name: str, row: dict, records, sq_processor, *, smoke: bool, 
     else:
         from trl import SFTConfig, SFTTrainer
 
-        from recipes.common import apply_vision_lora_dropout, build_lora_config
-
-        model.requires_grad_(False)
-        model = get_peft_model(
-            model,
-            build_lora_config(model_args, modules_to_save=["multi_modal_projector"]),
-            autocast_adapter_dtype=True,  # PEFT's default: float32 adapters
-        )
-        apply_vision_lora_dropout(model, model_args.vision_lora_dropout)
         # TRL's format: the image placeholder is added by TRL before the first user message.
         rows = [
             {

@@ -262,18 +262,6 @@ def convert_projector_state_dict(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file, or a pickle `.bin`/`.pt` loaded with `weights_only=True` (no code runs).
-
-    Raises:
-        ValueError: naming the file when it is truncated, damaged, of another format, or a pickle holding more than
-            tensors (`hub_upload.files.load_state_file`).
-    """
-    from hub_upload.files import load_state_file
-
-    return load_state_file(path)
-
-
 def weights_files(folder: str | os.PathLike, stems: tuple[str, ...]) -> list[Path]:
     """The weights files of `folder` saved as `<stem>.safetensors`, `<stem>.bin` or sharded with an index.
 
@@ -311,10 +299,13 @@ def weights_files(folder: str | os.PathLike, stems: tuple[str, ...]) -> list[Pat
 
 
 def load_weights(folder: str | os.PathLike, stems: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """All weights of `folder` (see `weights_files`), merged into one state dict."""
+    """All weights of `folder` (see `weights_files`), merged into one state dict; each file read by
+    `hub_upload.files.load_state_file` (pickles with `weights_only=True`: no code runs)."""
+    from hub_upload.files import load_state_file
+
     state: dict[str, torch.Tensor] = {}
     for path in weights_files(folder, stems):
-        state.update(load_weights_file(path))
+        state.update(load_state_file(path))
     return state
 
 

@@ -86,9 +86,6 @@ SECRET_SCAN_LIMIT = 16 * 1024 * 1024
 # Bytes of a file (or of a zip member, or decompressed) that the pickle check reads.
 PICKLE_SCAN_BYTES = 1024 * 1024
 _MAX_ZIP_MEMBERS = 100_000
-# Opcodes that import or call something: what makes a pickle dangerous.
-_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1",
-                           "EXT2", "EXT4"})  # fmt: skip
 
 
 @dataclass(frozen=True)
