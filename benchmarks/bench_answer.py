@@ -44,29 +44,13 @@ def build(shape: str, device: str):
     tokenizer = build_tiny_tokenizer()
     if shape == "tiny":
         return build_tiny_model(tokenizer).to(device), build_tiny_processor(tokenizer)
-    from benchmarks.bench_train import TEXT_7B, VISION_7B
-    from modeling_sqllava import SQLlavaConfig, SQLlavaForConditionalGeneration
+    from benchmarks.bench_train import VISION_7B, build_model
 
-    vision, text = dict(VISION_7B), dict(TEXT_7B)
-    if shape == "7b-smoke":
-        vision.update(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
-        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=4)  # fmt: skip
-    config = SQLlavaConfig(
-        vision_config=vision,
-        text_config=dict(text, pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_type="prototype",
-    )
-    config._attn_implementation = "sdpa"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            model = SQLlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    torch.manual_seed(0)
+    model = build_model(
+        "sqllava", "prototype", device, smoke=shape == "7b-smoke",
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+    ).eval()  # fmt: skip
     return model, build_tiny_processor(tokenizer, image_size=VISION_7B["image_size"])
 
 
