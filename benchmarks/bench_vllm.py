@@ -37,14 +37,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-SEVEN_B_VISION = {
-    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-    "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
-}  # fmt: skip
-SEVEN_B_TEXT = {
-    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-}  # fmt: skip
 TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
@@ -61,8 +53,10 @@ def build_folder(shape: str, output: Path, device: str) -> Path:
         vision, text, image_size, num_prototypes = dict(TINY_VISION_CONFIG), dict(TINY_TEXT_CONFIG, **TINY_TEXT), 56, 6
         vocab_size, dtype = -(-len(tokenizer) // 64) * 64, "float32"
     else:
-        vision, text, image_size, num_prototypes = dict(SEVEN_B_VISION), dict(SEVEN_B_TEXT), 336, 256
-        vocab_size, dtype = 32064, "bfloat16"
+        from benchmarks.bench_train import TEXT_7B, VISION_7B
+
+        vision, text, image_size, num_prototypes = dict(VISION_7B), dict(TEXT_7B), 336, 256
+        vocab_size, dtype = TEXT_7B["vocab_size"], "bfloat16"
     text.update(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
     text["head_dim"] = text["hidden_size"] // text["num_attention_heads"]
     config = SQLlavaConfig(
