@@ -22,6 +22,16 @@ SQLLAVA_AUTO_MAP = {
 PROJECTOR_TYPES = ("prototype", "mlp2x_gelu")
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 
+
+def vision_layer_index(vision_feature_layer: int, num_hidden_layers: int) -> int:
+    """The non-negative hidden-state index of `vision_feature_layer` (-1 is the last of `num_hidden_layers` layers).
+
+    Hidden state 0 is the embeddings, so index `i` is the output of encoder layer `i` and is also the number of
+    encoder layers that must run to produce it.
+    """
+    return vision_feature_layer if vision_feature_layer >= 0 else num_hidden_layers + 1 + vision_feature_layer
+
+
 # LLaVA-1.5's tower: CLIP ViT-L/14 at 336 px (576 patches of width 1024).
 DEFAULT_VISION_CONFIG = {
     "model_type": "clip_vision_model",
@@ -212,8 +222,7 @@ class SQLlavaConfig(PretrainedConfig):
     @property
     def num_vision_layers(self) -> int:
         """Number of CLIP encoder layers actually built and run to produce `vision_feature_layer`'s hidden state."""
-        layer = self.vision_feature_layer
-        return layer if layer >= 0 else self.vision_config.num_hidden_layers + 1 + layer
+        return vision_layer_index(self.vision_feature_layer, self.vision_config.num_hidden_layers)
 
 
 SQLlavaConfig.register_for_auto_class()

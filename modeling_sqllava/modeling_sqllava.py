@@ -24,7 +24,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 
-from .configuration_sqllava import SQLlavaConfig
+from .configuration_sqllava import FEATURE_SELECT_STRATEGIES, SQLlavaConfig, vision_layer_index
 
 try:  # transformers 5.x: init helpers that skip parameters already loaded from a checkpoint (`_is_hf_initialized`)
     from transformers import initialization as init
@@ -405,18 +405,17 @@ class SQLlavaModel(SQLlavaPreTrainedModel):
         """`get_image_features`' output and the same projected features as one `(num_images, rows, width)` tensor."""
         config = self.config
         if vision_feature_layer is not None:
-            layers = config.vision_config.num_hidden_layers
-            index = vision_feature_layer if vision_feature_layer >= 0 else layers + 1 + vision_feature_layer
+            index = vision_layer_index(vision_feature_layer, config.vision_config.num_hidden_layers)
             if index != config.num_vision_layers:
                 raise ValueError(
                     f"`vision_feature_layer`={vision_feature_layer} differs from config.vision_feature_layer="
                     f"{config.vision_feature_layer}: the tower is built only up to that layer; drop the argument."
                 )
         strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
-        if strategy not in ("default", "full"):
+        if strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(
-                f"`vision_feature_select_strategy`={strategy!r} is not supported; use 'default' (drops the CLS token) "
-                "or 'full'."
+                f"`vision_feature_select_strategy`={strategy!r} is not supported; use one of "
+                f"{FEATURE_SELECT_STRATEGIES} ('default' drops the CLS token)."
             )
         if output_hidden_states is None:
             output_hidden_states = getattr(config, "output_hidden_states", False)

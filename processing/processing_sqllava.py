@@ -49,7 +49,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import AddedToken
 from transformers.utils import logging
 
-from .tokenization_sqllava import SQLlavaTokenizer, is_sqllava_tokenizer
+from .tokenization_sqllava import REPLY_TAG_PATTERN, SQLlavaTokenizer, is_sqllava_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -455,7 +455,9 @@ def _bounded_pad_resize(image: PIL.Image.Image, size: int, fill: tuple, resample
         inside[left - first : left - first + width] = True
         weights = band[inside].astype(np.float64)  # (width, columns)
         # The pad columns' share of each output column, plus PIL's rounding offset 2^21.
-        offsets = np.asarray(fill, dtype=np.float64)[:, None] * band[~inside].sum(axis=0) + (1 << (_PRECISION_BITS - 1))
+        offsets = np.asarray(fill, dtype=np.float64)[:, None] * band[~inside].sum(axis=0) + (
+            1 << (_PRECISION_BITS - 1)
+        )
         content = np.asarray(image)
         for start in range(0, height, 1024):  # rows in blocks: bounded float64 working memory
             block = content[start : start + 1024]
@@ -469,7 +471,9 @@ def _bounded_pad_resize(image: PIL.Image.Image, size: int, fill: tuple, resample
     return PIL.Image.fromarray(intermediate).resize((size, size), resample)
 
 
-def _horizontal_coefficients(side: int, left: int, width: int, size: int, resample) -> tuple[int, np.ndarray, np.ndarray]:
+def _horizontal_coefficients(
+    side: int, left: int, width: int, size: int, resample
+) -> tuple[int, np.ndarray, np.ndarray]:
     """PIL's integer coefficients of the `side -> size` horizontal pass, for the output columns whose filter overlaps
     source columns `[left, left + width)`: `(first, columns, band)`, where `band[i, j]` weighs source column
     `first + i` in output column `columns[j]` (the band of source columns covers each such filter, with a margin for
@@ -927,14 +931,7 @@ class SQLlavaProcessor(ProcessorMixin):
             raise ValueError("SQLlavaProcessor handles images and text only; got `audio` or `videos`.")
         if images is None and text is None:
             raise ValueError("Pass `text` and/or `images` to SQLlavaProcessor.")
-        kwargs = dict(kwargs)
-        limits = {name: kwargs.pop(key) for key, name in _IMAGE_LIMIT_KWARGS.items() if key in kwargs}
-        return_offsets = bool(kwargs.pop("return_text_replacement_offsets", False))
-        for nested in ("text_kwargs", "common_kwargs", "processor_kwargs"):
-            if isinstance(kwargs.get(nested), dict) and "return_text_replacement_offsets" in kwargs[nested]:
-                kwargs[nested] = dict(kwargs[nested])
-                return_offsets = bool(kwargs[nested].pop("return_text_replacement_offsets")) or return_offsets
-        text_kwargs, image_kwargs = self._split_kwargs(kwargs)
+        text_kwargs, image_kwargs, limits, return_offsets = self._split_kwargs(kwargs)
         return_tensors = text_kwargs.pop("return_tensors", None)
 
         flat_images, per_sample = _flatten_images(images)
@@ -1015,10 +1012,23 @@ class SQLlavaProcessor(ProcessorMixin):
             ]
         return self.image_processor(rgb, return_tensors=return_tensors, **image_kwargs)["pixel_values"]
 
-    def _split_kwargs(self, kwargs: dict) -> tuple[dict, dict]:
+    def _split_kwargs(self, kwargs: dict) -> tuple[dict, dict, dict, bool]:
+        """
+        Flatten `__call__`'s options (top level, `text_kwargs=`, `images_kwargs=`, `common_kwargs=`,
+        `processor_kwargs=`; a later level wins) and sort them.
+
+        Returns:
+            `(text_kwargs, image_kwargs, limits, return_offsets)`: the tokenizer's options, the image processor's,
+            the image limits (`max_image_pixels`/`max_image_aspect_ratio` as `load_image_rgb`'s `max_pixels`/
+            `max_aspect_ratio`) and `return_text_replacement_offsets` (true when any level asks for it).
+        """
         kwargs = dict(kwargs)
+        return_offsets = bool(kwargs.pop("return_text_replacement_offsets", False))
         for nested in ("text_kwargs", "images_kwargs", "common_kwargs", "processor_kwargs"):
-            kwargs.update(kwargs.pop(nested, None) or {})
+            level = dict(kwargs.pop(nested, None) or {})
+            return_offsets = bool(level.pop("return_text_replacement_offsets", False)) or return_offsets
+            kwargs.update(level)
+        limits = {name: kwargs.pop(key) for key, name in _IMAGE_LIMIT_KWARGS.items() if key in kwargs}
         kwargs.pop("videos_kwargs", None)
         kwargs.pop("audio_kwargs", None)
         text_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _TEXT_KWARGS}
@@ -1029,7 +1039,7 @@ class SQLlavaProcessor(ProcessorMixin):
                 f"SQLlavaProcessor got unexpected arguments {sorted(unknown)}; tokenizer options are "
                 f"{sorted(_TEXT_KWARGS)} and image options {sorted(_IMAGE_KWARGS)}."
             )
-        return text_kwargs, image_kwargs
+        return text_kwargs, image_kwargs, limits, return_offsets
 
     def _tokenize_batch(
         self,
@@ -1099,8 +1109,10 @@ class SQLlavaProcessor(ProcessorMixin):
         `add_generation_prompt=True`, end with `ASSISTANT:` to answer or `VUSER:` to make the model ask a question),
         `system_prompt=` (used when there is no system message) and `mode="chat" | "plain"`.
         """
-        batched = isinstance(conversation, (list, tuple)) and len(conversation) > 0 and (
-            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+        batched = (
+            isinstance(conversation, (list, tuple))
+            and len(conversation) > 0
+            and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
         )
         conversations = conversation if batched else [conversation]
         conversations = [getattr(c, "messages", c) for c in conversations]
@@ -1223,7 +1235,7 @@ class SQLlavaProcessor(ProcessorMixin):
 
 
 _LEADING_TAG = re.compile(r"^(?:(?:USER|ASSISTANT|VUSER)\s*:\s*)+")
-_GENERATION_TAG = re.compile(r"(?:ASSISTANT|VUSER):")
+_GENERATION_TAG = re.compile(REPLY_TAG_PATTERN)
 
 
 def _without_trailing(ids: list[int], ends: set[int]) -> list[int]:
@@ -1245,6 +1257,8 @@ def _drop_reply_space(text: str) -> str:
     if rest.strip():
         return text[:end] + rest.lstrip(" ")
     return text
+
+
 _NEXT_TURN = re.compile(r"\s*\b(?:USER|ASSISTANT|VUSER)\s*:")
 
 

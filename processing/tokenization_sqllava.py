@@ -50,15 +50,17 @@ logger = logging.get_logger(__name__)
 SPIECE_UNDERLINE = "▁"
 VOCAB_FILES_NAMES = {"tokenizer_file": "tokenizer.json"}
 IMAGE_TOKEN = "<image>"
+# The role tags a reply starts after (the generation prompt's last tag); the processor decodes replies with it too.
+REPLY_TAG_PATTERN = r"(?:ASSISTANT|VUSER):"
 # The reply format of the chat template as a transformers (5.x) response template: a reply starts after the prompt's
 # last `ASSISTANT:` or `VUSER:` and ends at `</s>`. transformers 5's chat pipelines parse replies with it
 # (`parse_response`); without one they file every reply under "assistant", also a question asked after `VUSER:`.
 RESPONSE_TEMPLATE = {
     "defaults": {"role": "assistant"},
-    "start_anchor_pattern": r"(?:ASSISTANT|VUSER):",
+    "start_anchor_pattern": REPLY_TAG_PATTERN,
     "fields": {"content": {"close_pattern": r"</s>", "content": "text"}},
 }
-_REPLY_TAG = re.compile(r"(ASSISTANT|VUSER):")
+_REPLY_TAG = re.compile(REPLY_TAG_PATTERN)
 
 
 def sentencepiece_backend(spec: dict) -> Any:
@@ -73,7 +75,7 @@ def sentencepiece_backend(spec: dict) -> Any:
     """
     from tokenizers import Tokenizer
 
-    spec = copy.deepcopy(spec)
+    spec = dict(spec)  # only top-level keys are replaced below; nested values are read, never mutated
     model = spec.get("model") or {}
     sentencepiece_style = model.get("type") == "BPE" and SPIECE_UNDERLINE in json.dumps(
         [spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("decoder")], ensure_ascii=False
@@ -255,7 +257,8 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
             special = set(self.all_special_ids)
             special.update(index for index, token in self._added_tokens_decoder.items() if token.special)
             ids = [index for index in ids if int(index) not in special]
-        return super().convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        # Already filtered (a superset of what super() would skip; an int is never skipped), so no second pass.
+        return super().convert_ids_to_tokens(ids, skip_special_tokens=False)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         # The SentencePiece decoder of the fast Llama tokenizer (`▁` -> space, byte pieces fused, first space
@@ -487,7 +490,7 @@ class SQLlavaTokenizer(PreTrainedTokenizer):
             prompts = prompts * len(messages)
         for message, prompt in zip(messages, prompts):
             tags = _REPLY_TAG.findall(prompt)
-            message["role"] = "vuser" if tags and tags[-1] == "VUSER" else "assistant"
+            message["role"] = "vuser" if tags and tags[-1] == "VUSER:" else "assistant"
             if isinstance(message.get("content"), str):
                 message["content"] = message["content"].strip()
         return parsed

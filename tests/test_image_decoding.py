@@ -125,3 +125,20 @@ def test_size_limits_give_a_clear_error_at_inference(processor_336, tmp_path):
     check_image_limits(int(MAX_IMAGE_ASPECT_RATIO), 1)  # exactly at the limit is accepted
     with pytest.raises(ImageLimitError, match="at least one pixel"):
         check_image_limits(0, 5)
+
+
+def test_size_limits_are_honoured_inside_images_kwargs(processor_336):
+    # Processor-level options are read at every level `__call__` flattens, as transformers' processors pass them.
+    image = PIL.Image.new("RGB", (64, 48))
+    with pytest.raises(ImageLimitError, match=r"image 0 is 64x48 = 3,072 pixels, over the limit of 1,000"):
+        processor_336(images=image, images_kwargs={"max_image_pixels": 1000})
+    with pytest.raises(ImageLimitError, match=r"64x16 pixels, an aspect ratio of 4:1, over the limit of 3:1"):
+        processor_336(images=PIL.Image.new("RGB", (64, 16)), images_kwargs={"max_image_aspect_ratio": 3})
+    with pytest.raises(ImageLimitError, match=r"over the limit of 1,000"):
+        processor_336(images=image, common_kwargs={"max_image_pixels": 1000})
+    # A later level wins, as for the other options: the nested None lifts the top-level limit.
+    pixels = processor_336(
+        images=image, return_tensors="np", max_image_pixels=1000, images_kwargs={"max_image_pixels": None}
+    )
+    assert pixels["pixel_values"].shape[0] == 1
+    assert len(processor_336(images=image, images_kwargs={"max_image_pixels": 3072})["pixel_values"]) == 1
