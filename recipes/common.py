@@ -208,20 +208,6 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
         json.dump(payload, f, indent=2, sort_keys=True)
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest complete and readable `checkpoint-N` under `output_dir` (see `recipes.checkpoints`), or None."""
-    from recipes.checkpoints import last_complete_checkpoint as newest_complete
-
-    return newest_complete(output_dir)
-
-
-def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """Turn `--resume_from_checkpoint` (a path, `true`/`latest`, or nothing) into a complete checkpoint or None."""
-    from recipes.checkpoints import resolve_resume_checkpoint as resolve
-
-    return resolve(resume_from_checkpoint, output_dir)
-
-
 def parse_recipe_args(dataclass_types: tuple, argv: list[str] | None, script: str):
     """Parse a recipe's command line with `trl.TrlParser`: YAML defaults from `--config`, flags override them,
     unknown keys and abbreviated flags are errors.
@@ -318,15 +304,13 @@ def build_processor_from_towers(vision_path: str, text_path: str, *, image_size:
     return SQLlavaProcessor.from_tokenizer(tokenizer, image_size=image_size, patch_size=vision_config.patch_size)
 
 
-def recipe_fingerprint(model_args: ModelArguments | None, data_args: DataArguments, training_args, *extra) -> dict:
+def recipe_fingerprint(model_args: ModelArguments | None, data_args: DataArguments, training_args) -> dict:
     """The run fingerprint stored with each checkpoint: every argument except output paths and reporting, the data
     files (size, SHA-256 of the first MiB) and the model path (see `recipes.checkpoints.run_fingerprint`)."""
     from recipes.checkpoints import run_fingerprint
 
     files = list(data_args.data_path) + [name for name in data_args.dataset_name if os.path.isdir(name)]
-    return run_fingerprint(
-        model_args, data_args, training_args, *extra, data_files=files, world_size=training_args.world_size
-    )
+    return run_fingerprint(model_args, data_args, training_args, data_files=files, world_size=training_args.world_size)
 
 
 def train(model, processor, data_args: DataArguments, training_args, model_args: ModelArguments | None = None):
@@ -356,8 +340,6 @@ def train(model, processor, data_args: DataArguments, training_args, model_args:
 
 
 def write_run_reports(trainer, train_result, output_dir: str) -> None:
-    """`train_results.json` and `skipped_samples.json` (every dropped sample of the run, by reason) next to the
-    saved model."""
+    """`train_results.json` next to the saved model. The run's `skipped_samples.json` (every dropped sample, by
+    reason) is already there: `recipes.skip_report.SkipReportCallback` writes it at the end of training."""
     write_json(os.path.join(output_dir, "train_results.json"), train_result.metrics)
-    report = trainer.final_skip_report or trainer.skip_stats.as_dict()
-    write_json(os.path.join(output_dir, "skipped_samples.json"), report)

@@ -261,10 +261,19 @@ def resolve_image_path(image_folder: str, path: str, allow_outside: bool = False
     Raises:
         ValueError: naming the path and the folder, when `path` leaves the folder and `allow_outside` is False.
     """
+    return _resolve_image_path(image_folder, None if allow_outside else _normalized_folder(image_folder), path)
+
+
+def _normalized_folder(image_folder: str) -> str:
+    return os.path.normpath(os.path.abspath(image_folder))
+
+
+def _resolve_image_path(image_folder: str, folder: str | None, path: str) -> str:
+    """`resolve_image_path` with the folder normalised by the caller (`_normalized_folder(image_folder)`, once per
+    dataset load rather than once per image), or `folder=None` to accept paths outside it."""
     joined = os.path.join(image_folder, path)
-    if allow_outside:
+    if folder is None:
         return joined
-    folder = os.path.normpath(os.path.abspath(image_folder))
     target = os.path.normpath(os.path.abspath(joined))
     if target != folder and not target.startswith(folder.rstrip(os.sep) + os.sep):
         raise ValueError(
@@ -524,37 +533,29 @@ class _FileIndex:
 def _read_json_records(json_path: str) -> list[Any]:
     """The records of a JSON list (`.json`) or JSON Lines (`.jsonl`) file; errors name the file and what is wrong."""
     # surrogateescape: undecodable bytes become lone surrogates, caught per record as `non_utf8` instead of failing
-    # the whole file in json.load.
+    # the whole file in json.load. JSON Lines are streamed: `for line in f` ends lines at newlines only, never at
+    # U+2028 / U+2029 / U+0085, which JSON strings may hold unescaped (`str.splitlines` would split a record there).
     with open(json_path, encoding="utf-8", errors="surrogateescape") as f:
-        text = f.read()
-    if not text.strip():
-        raise ValueError(
-            f"Data file {json_path!r} is empty ({len(text)} bytes): expected a JSON list of records, or one record "
-            "per line in a .jsonl file."
-        )
-    if json_path.endswith(".jsonl"):
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                records.append(_MalformedLine(line_number, str(e)))
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and _first_line_is_json(text):
-            raise ValueError(
-                f"Data file {json_path!r} holds JSON Lines (one JSON value per line; extra data at line {e.lineno}), "
-                "but its name ends in .json, which is read as one JSON list. Rename it to .jsonl, or write the "
-                "records as a JSON list."
-            ) from None
-        raise ValueError(
-            f"Data file {json_path!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Expected a "
-            "JSON list of records (LLaVA format)."
-        ) from None
+        if json_path.endswith(".jsonl"):
+            records = []
+            size = 0  # characters read, for the empty-file message
+            seen_line = False
+            for line_number, line in enumerate(f, start=1):
+                size += len(line)
+                if not line.strip():
+                    continue
+                seen_line = True
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    records.append(_MalformedLine(line_number, str(e)))
+            if not seen_line:
+                raise _empty_file_error(json_path, size)
+            return records
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise _json_file_error(json_path, e) from None
     if isinstance(data, Mapping):
         # {"id": record} dumps exist; a dict with "conversations" is a single record.
         data = [data] if "conversations" in data else list(data.values())
@@ -563,6 +564,30 @@ def _read_json_records(json_path: str) -> list[Any]:
     if not data:
         raise ValueError(f"Data file {json_path!r} holds an empty list: no record to train on.")
     return data
+
+
+def _empty_file_error(json_path: str, size: int) -> ValueError:
+    return ValueError(
+        f"Data file {json_path!r} is empty ({size} bytes): expected a JSON list of records, or one record per line "
+        "in a .jsonl file."
+    )
+
+
+def _json_file_error(json_path: str, error: json.JSONDecodeError) -> ValueError:
+    """The error for a `.json` file that does not parse: empty, JSON Lines under a .json name, or invalid JSON."""
+    text = error.doc  # the whole file, as `json.load` read it
+    if not text.strip():
+        return _empty_file_error(json_path, len(text))
+    if error.msg == "Extra data" and _first_line_is_json(text):
+        return ValueError(
+            f"Data file {json_path!r} holds JSON Lines (one JSON value per line; extra data at line {error.lineno}), "
+            "but its name ends in .json, which is read as one JSON list. Rename it to .jsonl, or write the "
+            "records as a JSON list."
+        )
+    return ValueError(
+        f"Data file {json_path!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}. "
+        "Expected a JSON list of records (LLaVA format)."
+    )
 
 
 def _first_line_is_json(text: str) -> bool:
@@ -625,6 +650,8 @@ def load_llava_json(
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 0):
         raise ValueError(f"`max_samples` must be a non-negative integer or None, got {max_samples!r}.")
     image_folder = os.path.dirname(os.path.abspath(json_path)) if image_folder is None else os.fspath(image_folder)
+    # Normalised once for the whole file (None: image paths may leave the folder).
+    normalized_folder = None if allow_outside_image_folder else _normalized_folder(image_folder)
     name = name or os.path.basename(json_path)
     local_stats = SkipStats()
     files = _FileIndex()
@@ -644,7 +671,7 @@ def load_llava_json(
             if not isinstance(raw, Mapping):
                 raise _Bad("malformed_record", f"record is a {type(raw).__name__}, not a dict")
             _check_utf8(sample_id, "the id")
-            images = _record_images(raw.get("image"), image_folder, allow_outside_image_folder)
+            images = _record_images(raw.get("image"), image_folder, normalized_folder)
             messages = normalize_messages(raw.get("conversations"), len(images))
             for path in images:
                 if check_images and not files.exists(path):
@@ -673,7 +700,7 @@ def load_llava_json(
     return dataset
 
 
-def _record_images(image: Any, image_folder: str, allow_outside: bool) -> list[str]:
+def _record_images(image: Any, image_folder: str, normalized_folder: str | None) -> list[str]:
     if image is None:
         return []
     paths = [image] if isinstance(image, str) else image
@@ -684,7 +711,7 @@ def _record_images(image: Any, image_folder: str, allow_outside: bool) -> list[s
     resolved = []
     for p in paths:
         try:
-            resolved.append(resolve_image_path(image_folder, p, allow_outside))
+            resolved.append(_resolve_image_path(image_folder, normalized_folder, p))
         except ValueError as error:
             raise _Bad("image_outside_folder", str(error)) from None
     return resolved

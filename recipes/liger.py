@@ -33,9 +33,10 @@ from dataclasses import dataclass
 
 import torch
 
+from recipes.collator import IGNORE_INDEX
+
 LIGER_MIN_VERSION = "0.8.2"  # the first release whose reduction="none" backward is correct (liger-kernel #1298)
 LIGER_INSTALL_HINT = f'pip install "sqllava[liger]" (liger-kernel>={LIGER_MIN_VERSION}, needs CUDA + Triton)'
-IGNORE_INDEX = -100
 
 
 def is_liger_available() -> bool:
@@ -173,8 +174,6 @@ def add_liger_lm_head(model: torch.nn.Module) -> None:
         )
         label_mask = shift_labels != IGNORE_INDEX
         is_top1 = None if result.token_accuracy is None else result.token_accuracy.view(label_mask.shape).bool()
-        return LigerLMHeadOutput(
-            log_probs=-result.loss.view(label_mask.shape), label_mask=label_mask, is_top1=is_top1
-        )
+        return LigerLMHeadOutput(log_probs=-result.loss.view(label_mask.shape), label_mask=label_mask, is_top1=is_top1)
 
     model.forward = _liger_forward.__get__(model, type(model))

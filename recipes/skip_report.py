@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from recipes.checkpoints import SKIPS_NAME, write_json_durably
 from recipes.data import SkipStats
 
 logger = logging.getLogger(__name__)
-
-REPORT_NAME = "skipped_samples.json"
 
 
 def dropped_fraction(load: SkipStats, collate: SkipStats, collated: int | None = None) -> float:
@@ -132,7 +131,11 @@ class SkipReportCallback(TrainerCallback):
         if self.first_step_checked:
             return
         self.first_step_checked = True
-        tokens = self.trainer._sq_micro_tokens.detach().to(self.trainer.accelerator.device, torch.long)
+        device = self.trainer.accelerator.device
+        tokens = self.trainer._sq_micro_tokens
+        if tokens is None:  # no batch with labels yet: a zero made on the device, not copied to it
+            tokens = torch.zeros((), dtype=torch.long, device=device)
+        tokens = tokens.detach().to(device, torch.long)
         if self.trainer.accelerator.num_processes > 1:
             tokens = self.trainer.accelerator.reduce(tokens, reduction="sum")
         if int(tokens) == 0:
@@ -140,8 +143,11 @@ class SkipReportCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        trainer._sq_step_tokens.append((state.global_step, trainer._sq_micro_tokens.detach().clone()))
-        trainer._sq_micro_tokens = torch.zeros((), dtype=torch.long)
+        tokens = trainer._sq_micro_tokens
+        if tokens is None:  # no batch with labels yet: a zero made on the device
+            tokens = trainer._sq_micro_tokens = torch.zeros((), dtype=torch.long, device=trainer.accelerator.device)
+        trainer._sq_step_tokens.append((state.global_step, tokens.detach().clone()))
+        tokens.zero_()  # in place, on its device: the next step adds to it without a host-to-device copy
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         trainer = self.trainer
@@ -171,7 +177,9 @@ class SkipReportCallback(TrainerCallback):
         if dropped_fraction(report.load, so_far, collated=whole_run) > limit:
             collate = report.gather_collate(accelerator)
             where = f" by step {state.global_step} (already more than the limit allows for the whole run)"
-            raise ValueError(failure_message(report.load, collate, dropped_fraction(report.load, collate), limit, where))
+            raise ValueError(
+                failure_message(report.load, collate, dropped_fraction(report.load, collate), limit, where)
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         trainer = self.trainer
@@ -180,16 +188,14 @@ class SkipReportCallback(TrainerCallback):
         payload = report_dict(report.load, collate, report.max_skip_fraction)
         trainer.final_skip_report = payload
         if args.should_save:
-            from recipes.checkpoints import write_json_durably
-
             os.makedirs(args.output_dir, exist_ok=True)
-            write_json_durably(os.path.join(args.output_dir, REPORT_NAME), payload)
+            write_json_durably(os.path.join(args.output_dir, SKIPS_NAME), payload)
         (report.load + collate).log(logger, prefix="Training run: ")
         limit = report.max_skip_fraction
         if limit is not None and payload["fraction"] > limit:
             raise ValueError(
                 failure_message(report.load, collate, payload["fraction"], limit, "")
-                + f" The complete report is in {os.path.join(args.output_dir, REPORT_NAME)}."
+                + f" The complete report is in {os.path.join(args.output_dir, SKIPS_NAME)}."
             )
 
     def _fail_no_labels(self, steps: list[int]) -> None:

@@ -252,7 +252,11 @@ class SQLlavaSFTConfig(SFTConfig):
     if "activation_checkpointing" not in _TRAINING_ARGUMENT_FIELDS:  # transformers 4.57: give it the new name too
         activation_checkpointing: bool | None = field(
             default=None,
-            metadata={"help": "Recompute activations in the backward pass to save memory.", "nargs": "?", "const": True},
+            metadata={
+                "help": "Recompute activations in the backward pass to save memory.",
+                "nargs": "?",
+                "const": True,
+            },
         )
         activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
             default=None, metadata={"help": "Keyword arguments of activation checkpointing."}
@@ -571,7 +575,8 @@ class SQLlavaTrainer(SFTTrainer):
         self.skip_stats = skip_stats if skip_stats is not None else SkipStats()
         self.skip_report = RunSkipReport(self.skip_stats, args.max_skip_fraction)
         self.final_skip_report: dict | None = None
-        self._sq_micro_tokens = torch.zeros((), dtype=torch.long)
+        # Labelled tokens of the optimizer step: made on the labels' device at the first step, then zeroed in place.
+        self._sq_micro_tokens: torch.Tensor | None = None
         self._sq_step_tokens: list = []
         self.run_fingerprint = run_fingerprint
         self._sq_staging_dir: str | None = None
@@ -614,18 +619,19 @@ class SQLlavaTrainer(SFTTrainer):
         self.add_callback(SkipReportCallback(self))
         self.add_callback(_TrainabilityAuditCallback(self))
         self.add_callback(_CheckpointEveryNLayersCallback(self))
-        # Local sums since the last log, on the device (layout: `_SUM_INDEX`).
-        self._sq_sums = {mode: torch.zeros(_NUM_SUMS, dtype=torch.float64) for mode in ("train", "eval")}
+        # Local sums since the last log, on the device (layout: `_SUM_INDEX`): made by the first micro-batch, zeroed
+        # in place at each log.
+        self._sq_sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._sq_loss_kernel = self._resolve_loss_kernel()
         self._sq_right_padded = (
             isinstance(self.data_collator, SelfQuestioningCollator) and self.data_collator.padding_side == "right"
         )
         if args.liger_kernels:
-            from recipes.liger import add_liger_lm_head, apply_liger_to_language_model, check_liger_usable
+            from recipes.liger import _base_model, add_liger_lm_head, apply_liger_to_language_model, check_liger_usable
 
             check_liger_usable(args.device)
             apply_liger_to_language_model(self.model)
-            add_liger_lm_head(self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model)
+            add_liger_lm_head(_base_model(self.model))
         logger.info("Per-token cross-entropy: %s (loss_kernel=%r).", self._sq_loss_kernel, args.loss_kernel)
 
     def _resolve_loss_kernel(self) -> str:
@@ -700,7 +706,10 @@ class SQLlavaTrainer(SFTTrainer):
         labels = inputs.get("labels")
         if labels is not None:
             # Labelled tokens of the step, kept on the device: checked for zero at the first step and each log.
-            self._sq_micro_tokens = self._sq_micro_tokens.to(labels.device) + (labels[:, 1:] != IGNORE_INDEX).sum()
+            tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+            if self._sq_micro_tokens is None or self._sq_micro_tokens.device != tokens.device:
+                self._sq_micro_tokens = torch.zeros((), dtype=torch.long, device=tokens.device)
+            self._sq_micro_tokens += tokens
         return super().training_step(model, inputs, *args, **kwargs)
 
     # ---- checkpoints ----
@@ -716,7 +725,9 @@ class SQLlavaTrainer(SFTTrainer):
         from recipes.checkpoints import fingerprint_differences
 
         if saved is None:
-            logger.warning("%s stores no run fingerprint: resuming without checking that the run is the same.", checkpoint)
+            logger.warning(
+                "%s stores no run fingerprint: resuming without checking that the run is the same.", checkpoint
+            )
             return
         differences = fingerprint_differences(saved, self.current_fingerprint())
         if not differences:
@@ -731,7 +742,9 @@ class SQLlavaTrainer(SFTTrainer):
                 f"Resuming from {checkpoint} with a different run:\n{listed}\nResume with the checkpoint's settings "
                 f"and data, start a new output_dir, or pass --allow_resume_changes to resume anyway. {note}"
             )
-        logger.warning("Resuming from %s with a different run (allow_resume_changes):\n%s\n%s", checkpoint, listed, note)
+        logger.warning(
+            "Resuming from %s with a different run (allow_resume_changes):\n%s\n%s", checkpoint, listed, note
+        )
 
     def _get_output_dir(self, trial):
         # While a checkpoint is saved, Trainer writes it under the staging folder (see `_save_checkpoint`).
@@ -880,9 +893,9 @@ class SQLlavaTrainer(SFTTrainer):
         is_answer = label_mask & ~is_question
         zero = ce.new_zeros(())
         if "attention_mask" in inputs:
-            attended = inputs["attention_mask"].sum()
-        else:  # packed (padding-free) batches have no padding at all
-            attended = torch.tensor(inputs["input_ids"].numel(), device=ce.device)
+            attended = inputs["attention_mask"].sum().to(ce.device).double()
+        else:  # packed (padding-free) batches have no padding at all (a constant made on the device: no copy)
+            attended = ce.new_full((), inputs["input_ids"].numel(), dtype=torch.float64)
         sums = torch.stack(
             [
                 (ce * is_answer).sum(),
@@ -893,18 +906,23 @@ class SQLlavaTrainer(SFTTrainer):
                 zero if entropy is None else label_mask.sum().double(),
                 zero if is_top1 is None else (is_top1.bool() & label_mask).sum().double(),
                 zero if is_top1 is None else label_mask.sum().double(),
-                attended.to(ce.device).double() if mode == "train" else zero,
+                attended if mode == "train" else zero,
             ]
         )
-        self._sq_sums[mode] = self._sq_sums[mode].to(sums.device) + sums
+        if self._sq_sums[mode] is None or self._sq_sums[mode].device != sums.device:
+            self._sq_sums[mode] = torch.zeros(_NUM_SUMS, dtype=torch.float64, device=sums.device)
+        self._sq_sums[mode] += sums
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         # Every rank calls `log`, so the sums are reduced here once per logging step rather than at every step.
-        sums = self._sq_sums[mode].to(self.accelerator.device)
+        local = self._sq_sums[mode]
+        if local is None:  # nothing accumulated yet in this mode (every rank still joins the reduction)
+            local = torch.zeros(_NUM_SUMS, dtype=torch.float64, device=self.accelerator.device)
+        sums = local.to(self.accelerator.device)
         sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
         values = dict(zip(_SUM_INDEX, sums.tolist()))
-        self._sq_sums[mode] = torch.zeros(_NUM_SUMS, dtype=torch.float64)
+        local.zero_()  # after `tolist`, which has read the sums
         answer_tokens, question_tokens = values["answer_tokens"], values["question_tokens"]
         prefix = "eval_" if mode == "eval" else ""
         if answer_tokens + question_tokens > 0:

@@ -175,6 +175,21 @@ def test_text_only_multi_image_lengths_and_jsonl(tmp_path, image_folder):
     assert [ds[i]["index"] for i in range(3)] == [0, 1, 2]
 
 
+def test_jsonl_record_with_unicode_line_separators_is_one_record(tmp_path, image_folder):
+    """JSON strings may hold U+2028 / U+2029 / U+0085 unescaped (`ensure_ascii=False` writes them so): a JSON Lines
+    record ends at the newline only, so such a record is one record, not two malformed lines."""
+    text = "Line one\u2028line two\u2029three\x85four"
+    records = [{"id": "sep", "conversations": _conv(text, "Yes.")}, GOOD]
+    path = tmp_path / "separators.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written unescaped
+    stats = SkipStats()
+    ds = load_llava_json(path, image_folder, stats=stats)
+    assert stats.total == 0 and stats.seen == 2
+    assert len(ds) == 2 and ds[0]["id"] == "sep" and ds[1]["id"] == "good"
+    assert ds[0]["messages"][0] == {"role": "user", "content": text}
+
+
 def test_default_image_folder_and_max_samples(tmp_path):
     _png(tmp_path / "a.png")
     path = _write(tmp_path, [GOOD | {"id": str(i)} for i in range(5)])
@@ -628,6 +643,8 @@ def test_image_paths_are_confined_to_the_image_folder(tmp_path, image_folder):
     [
         ("", "empty.json", r"empty.json' is empty \(0 bytes\)"),
         ("  \n\n", "blank.jsonl", r"blank.jsonl' is empty"),
+        ("  \n", "blank.json", r"blank.json' is empty \(3 bytes\)"),
+        ("\n \n\n", "lines_blank.jsonl", r"lines_blank.jsonl' is empty \(4 bytes\)"),
         ("[]", "nothing.json", r"nothing.json' holds an empty list"),
         (json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n", "lines.json", r"lines.json' holds JSON Lines.*\.jsonl"),
         ('[{"id": "a",', "cut.json", r"cut.json' is not valid JSON: .* line 1, column"),

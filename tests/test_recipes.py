@@ -189,7 +189,12 @@ def test_building_the_stage2_model_warns_about_no_deprecated_name(stage1_dir, re
 
     warnings.simplefilter("always")
     model_args, *_ = finetune.parse_args(
-        ["--config", str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml"), "--model_name_or_path", stage1_dir]
+        [
+            "--config",
+            str(REPO_ROOT / "recipes" / "configs" / "tiny" / "finetune.yaml"),
+            "--model_name_or_path",
+            stage1_dir,
+        ]
     )
     finetune.build_stage2_model(model_args)
     assert not [str(w.message) for w in recwarn if "checkpointing" in str(w.message)]
@@ -389,8 +394,7 @@ def _truncate(path, keep: float = 0.5) -> None:
 
 
 def test_latest_is_the_newest_complete_and_readable_checkpoint(tmp_path, caplog):
-    from recipes.checkpoints import write_manifest
-    from recipes.common import last_complete_checkpoint, resolve_resume_checkpoint
+    from recipes.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint, write_manifest
 
     for step in range(2, 11):
         _complete_checkpoint(tmp_path / f"checkpoint-{step}", step)
